@@ -1,0 +1,94 @@
+"""Token ids -> padded batches: truncation, the three padding modes, shuffled batching.
+
+Padding is always on the right (as in the book); every batch carries an attention mask
+(1 = real token) so pad-aware pooling and attention work in every mode.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from gptclf.errors import GptclfError
+from gptclf.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+PaddingMode = Literal["longest", "max_context", "dynamic"]
+PADDING_MODES = ("longest", "max_context", "dynamic")
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor  # (B, T)
+    attention_mask: torch.Tensor  # (B, T), 1 = real token
+    labels: torch.Tensor  # (B,)
+    indices: torch.Tensor  # (B,) positions in the encoded dataset
+
+
+def encode(tokenizer: Tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
+    """Token ids per text, truncated to `max_length` (counted, with a warning)."""
+    ids = tokenizer.encode_batch(texts)
+    for i, seq in enumerate(ids):
+        if not seq:
+            raise GptclfError(f"text #{i + 1} encodes to no tokens (empty text?)")
+    truncated = sum(len(seq) > max_length for seq in ids)
+    if truncated:
+        log.warning("%d of %d texts truncated to %d tokens", truncated, len(ids), max_length)
+    return [seq[:max_length] for seq in ids]
+
+
+def pad_length(mode: PaddingMode, train_ids: list[list[int]], context_length: int) -> int | None:
+    """Fixed length every batch is padded to, or None for per-batch (dynamic) padding.
+
+    longest: the longest training example (the book; validation/test are truncated to it).
+    max_context: the model's context length. dynamic: None.
+    """
+    if mode == "longest":
+        return min(max(len(seq) for seq in train_ids), context_length)
+    if mode == "max_context":
+        return context_length
+    if mode == "dynamic":
+        return None
+    raise GptclfError(f"unknown padding {mode!r}; expected one of {', '.join(PADDING_MODES)}")
+
+
+def collate(
+    seqs: list[list[int]], labels: list[int], indices: list[int], pad_id: int, length: int | None
+) -> Batch:
+    T = length if length is not None else max(len(s) for s in seqs)
+    input_ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), T), dtype=torch.long)
+    for row, seq in enumerate(seqs):
+        seq = seq[:T]
+        input_ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        mask[row, : len(seq)] = 1
+    return Batch(input_ids, mask, torch.tensor(labels, dtype=torch.long), torch.tensor(indices))
+
+
+def batches(
+    ids: list[list[int]],
+    labels: list[int],
+    batch_size: int,
+    pad_id: int,
+    length: int | None,
+    *,
+    shuffle: bool = False,
+    generator: torch.Generator | None = None,
+    drop_last: bool = False,
+) -> Iterator[Batch]:
+    """Batches in order (or shuffled with `generator`), padded to `length` or per batch."""
+    order = torch.randperm(len(ids), generator=generator).tolist() if shuffle else range(len(ids))
+    order = list(order)
+    stop = (
+        len(order) - len(order) % batch_size
+        if drop_last and len(order) >= batch_size
+        else len(order)
+    )
+    for start in range(0, stop, batch_size):
+        chunk = order[start : start + batch_size]
+        yield collate([ids[i] for i in chunk], [labels[i] for i in chunk], chunk, pad_id, length)

@@ -1,0 +1,140 @@
+"""A trained classifier as one self-describing directory.
+
+    DIR/config.json          format version, model config, base-model source, labels, pooling,
+                             padding, max length, the training config
+    DIR/tokenizer.json       the tokenizer (+ tokenizer_meta.json: eos/pad tokens)
+    DIR/model.safetensors    all classifier weights (backbone.* + head.*)
+    DIR/metrics.json         written by training
+
+Every file is written to a temporary name and renamed, so a crash never leaves a half-written file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from gptclf.classifier import SequenceClassifier
+from gptclf.config import ModelConfig
+from gptclf.errors import GptclfError
+from gptclf.model import GPT
+from gptclf.tokenizer import Tokenizer
+
+FORMAT = "gptclf-classifier"
+VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+
+
+@dataclass
+class ClassifierInfo:
+    """Everything but the weights: what `config.json` holds."""
+
+    model_config: ModelConfig
+    labels: list[str]
+    pool: str
+    padding: str
+    max_length: int  # tokens kept per text; with padding=longest also the padded length
+    base: dict[str, Any] = field(default_factory=dict)
+    train_config: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "model_config": self.model_config.to_dict(),
+            "labels": self.labels,
+            "pool": self.pool,
+            "padding": self.padding,
+            "max_length": self.max_length,
+            "base": self.base,
+            "train_config": self.train_config,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ClassifierInfo:
+        if data.get("format") != FORMAT:
+            raise GptclfError("config.json is not a gptclf classifier checkpoint")
+        if data.get("version") != VERSION:
+            raise GptclfError(f"checkpoint format version {data.get('version')} is not supported")
+        return cls(
+            model_config=ModelConfig.from_dict(data["model_config"]),
+            labels=list(data["labels"]),
+            pool=data["pool"],
+            padding=data["padding"],
+            max_length=int(data["max_length"]),
+            base=data.get("base", {}),
+            train_config=data.get("train_config", {}),
+        )
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call `write(tmp_path)`, then rename tmp_path over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, data: Any) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))
+
+
+def save_classifier(
+    directory: Path, model: SequenceClassifier, tokenizer: Tokenizer, info: ClassifierInfo
+) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_file(state, str(tmp)))
+    with tempfile.TemporaryDirectory(dir=directory) as tmp:
+        tokenizer.save(Path(tmp))
+        for name in os.listdir(tmp):
+            os.replace(Path(tmp) / name, directory / name)
+    write_json(directory / "config.json", info.to_dict())
+
+
+def read_info(directory: Path) -> ClassifierInfo:
+    path = Path(directory) / "config.json"
+    if not Path(directory).is_dir():
+        raise GptclfError(f"checkpoint directory {directory} does not exist")
+    try:
+        return ClassifierInfo.from_dict(json.loads(path.read_text()))
+    except FileNotFoundError:
+        raise GptclfError(f"{directory} is not a checkpoint: no config.json") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise GptclfError(f"unreadable checkpoint config {path}: {exc!r}") from None
+
+
+def load_classifier(directory: Path) -> tuple[SequenceClassifier, Tokenizer, ClassifierInfo]:
+    directory = Path(directory)
+    info = read_info(directory)
+    try:
+        state = load_file(str(directory / WEIGHTS_FILE))
+    except FileNotFoundError:
+        raise GptclfError(f"{directory} has no {WEIGHTS_FILE}") from None
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise GptclfError(f"corrupt weights {directory / WEIGHTS_FILE}: {exc}") from None
+    with torch.device("meta"):
+        model = SequenceClassifier(GPT(info.model_config), len(info.labels), info.pool)
+    expected = model.state_dict()
+    if set(expected) != set(state) or any(state[k].shape != expected[k].shape for k in expected):
+        bad = sorted(set(expected) ^ set(state)) or [
+            k for k in expected if state[k].shape != expected[k].shape
+        ]
+        raise GptclfError(f"weights in {directory} do not match its config: {bad[:3]}")
+    model.load_state_dict(state, strict=True, assign=True)
+    model.backbone.init_buffers()
+    model.eval()
+    return model, Tokenizer.load(directory), info

@@ -1,0 +1,121 @@
+"""A language model turned classifier: the LM head swapped for `Linear(d_model, num_classes)`.
+
+`pool()` picks which token's hidden state feeds the head; `set_trainable()` picks what trains.
+Both are used by training, evaluation and prediction alike.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Literal
+
+import torch
+from torch import nn
+
+from gptclf.errors import GptclfError
+
+log = logging.getLogger(__name__)
+
+PoolMode = Literal["last", "last_real", "first", "mean"]
+POOL_MODES = ("last", "last_real", "first", "mean")
+TRAINABLE_HELP = "head | last_block | last_two_blocks | last_N (e.g. last_4) | all"
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, mode: PoolMode) -> torch.Tensor:
+    """(B, T, d) hidden states -> (B, d), one vector per sequence.
+
+    last:      the last position, pads included (the book's chapter 6).
+    last_real: the last real token, from the mask — right or left padding, and pad id == eos id.
+    first:     position 0 (with left padding that is a pad: prefer right padding for `first`).
+    mean:      mean over real tokens.
+    """
+    if mode == "last":
+        return hidden[:, -1]
+    if mode == "first":
+        return hidden[:, 0]
+    if attention_mask is None:
+        attention_mask = torch.ones(hidden.shape[:2], dtype=torch.long, device=hidden.device)
+    mask = attention_mask.to(hidden.dtype)
+    if mode == "mean":
+        summed = (hidden * mask.unsqueeze(-1)).sum(dim=1)
+        return summed / mask.sum(dim=1, keepdim=True).clamp(min=1)
+    if mode == "last_real":
+        T = hidden.shape[1]
+        # index of the last 1 in each row: argmax of mask * position (ties impossible: positions differ)
+        last = (attention_mask.long() * torch.arange(1, T + 1, device=hidden.device)).argmax(dim=1)
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    raise GptclfError(f"unknown pooling {mode!r}; expected one of {', '.join(POOL_MODES)}")
+
+
+class SequenceClassifier(nn.Module):
+    """Backbone + pooling + class head.
+
+    The backbone needs `hidden_states(input_ids, attention_mask)`, `config.d_model`, blocks in `h`
+    and a final norm `ln_f` (or None). Its LM head is dropped.
+    """
+
+    def __init__(self, backbone: nn.Module, num_classes: int, pool_mode: PoolMode = "last"):
+        super().__init__()
+        if pool_mode not in POOL_MODES:
+            raise GptclfError(
+                f"unknown pooling {pool_mode!r}; expected one of {', '.join(POOL_MODES)}"
+            )
+        if num_classes < 2:
+            raise GptclfError(f"a classifier needs at least 2 classes, got {num_classes}")
+        self.backbone = backbone
+        self.backbone.lm_head = None
+        self.head = nn.Linear(backbone.config.d_model, num_classes)
+        self.pool_mode = pool_mode
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Class logits (B, num_classes)."""
+        # `last` is the book's mode: pads are ordinary tokens, so the backbone sees no mask.
+        backbone_mask = None if self.pool_mode == "last" else attention_mask
+        hidden = self.backbone.hidden_states(input_ids, backbone_mask)
+        return self.head(pool(hidden, attention_mask, self.pool_mode))
+
+
+def _last_n(spec: str) -> int | None:
+    named = {"last_block": 1, "last_two_blocks": 2}
+    if spec in named:
+        return named[spec]
+    match = re.fullmatch(r"last_(\d+)", spec)
+    return int(match.group(1)) if match else None
+
+
+def set_trainable(model: SequenceClassifier, spec: str) -> tuple[int, int]:
+    """Freeze everything, then unfreeze by `spec`; returns (trainable, total) parameter counts.
+
+    head: the class head only. last_N: the last N blocks + the final norm + head (the book trains
+    the final norm with the last block). all: everything.
+    """
+    for p in model.parameters():
+        p.requires_grad = spec == "all"
+    if spec != "all":
+        n = 0 if spec == "head" else _last_n(spec)
+        blocks = model.backbone.h
+        if n is None:
+            raise GptclfError(f"unknown trainable spec {spec!r}; expected {TRAINABLE_HELP}")
+        if not 0 <= n <= len(blocks):
+            raise GptclfError(f"--trainable {spec}: the model has only {len(blocks)} blocks")
+        trainable = [model.head]
+        if n > 0:
+            trainable += list(blocks[len(blocks) - n :])
+            if getattr(model.backbone, "ln_f", None) is not None:
+                trainable.append(model.backbone.ln_f)
+        for module in trainable:
+            for p in module.parameters():
+                p.requires_grad = True
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    n_total = sum(p.numel() for p in model.parameters())
+    log.info(
+        "trainable parameters: %s of %s (%.2f%%), spec %s",
+        f"{n_trainable:,}",
+        f"{n_total:,}",
+        100 * n_trainable / n_total,
+        spec,
+    )
+    return n_trainable, n_total

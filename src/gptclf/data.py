@@ -1,0 +1,367 @@
+"""Labelled text datasets and their train/validation/test splits (no tokenization here).
+
+Sources: the bundled SMS Spam Collection v.1, the same file from UCI, or a user CSV/TSV file
+with columns ``Label,Text``. ``split_book`` reproduces the split of Raschka, *Build a Large
+Language Model (From Scratch)*, ch. 6 row for row; ``write_split`` writes it as the book's
+``train.csv``, ``validation.csv`` and ``test.csv`` (byte-identical to pandas' ``to_csv``).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+import os
+import tempfile
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from gptclf.errors import GptclfError
+
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
+
+logger = logging.getLogger(__name__)
+
+SMS_SPAM_URL = "https://archive.ics.uci.edu/static/public/228/sms+spam+collection.zip"
+SMS_SPAM_FILE = "SMSSpamCollection"
+SMS_SPAM_LABELS = ["ham", "spam"]
+KNOWN_DATASETS = "sms-spam, sms-spam-uci, or a path to a .csv/.tsv file"
+SPLIT_NAMES = ("train", "validation", "test")
+LABEL_NAMES_FILE = "label_names.json"  # beside the split CSVs, whose labels are 0/1
+_DELIMITERS = {".csv": ",", ".tsv": "\t"}
+_MAX_MEMBER_BYTES = 50 * 2**20  # the real member is 478 kB; refuse zip bombs
+
+
+@dataclass
+class LabeledTexts:
+    """Texts with integer labels; ``label_names[i]`` names label ``i``."""
+
+    texts: list[str]
+    labels: list[int]
+    label_names: list[str]
+
+    def __post_init__(self) -> None:
+        if len(self.texts) != len(self.labels):
+            raise GptclfError(f"{len(self.texts)} texts but {len(self.labels)} labels")
+        bad = [y for y in self.labels if not 0 <= y < len(self.label_names)]
+        if bad:
+            raise GptclfError(f"label {bad[0]} is outside label_names {self.label_names}")
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def subset(self, indices: Sequence[int] | np.ndarray) -> LabeledTexts:
+        """The rows at ``indices``, in that order (same ``label_names``)."""
+        idx = [int(i) for i in indices]
+        return LabeledTexts(
+            [self.texts[i] for i in idx], [self.labels[i] for i in idx], list(self.label_names)
+        )
+
+
+def read_sms_spam(path: Path | None = None, verify: bool = True) -> LabeledTexts:
+    """Read the SMS Spam Collection (``label<TAB>text`` lines; ham → 0, spam → 1).
+
+    ``path=None`` reads the bundled copy. With ``verify``, the file's sha256 must equal the bundled
+    ``SHA256SUMS`` entry. Parsed as ``pandas.read_csv(path, sep="\\t", header=None)`` does, quotes
+    included: a ``"`` opening a text spans lines until it closes, so 5,574 lines give 5,572 rows.
+    """
+    source = str(path) if path is not None else f"bundled {SMS_SPAM_FILE}"
+    raw = _read_bytes(Path(path)) if path is not None else _bundled(SMS_SPAM_FILE).read_bytes()
+    if verify:
+        _check_sha256(raw, _bundled_sha256(SMS_SPAM_FILE), source)
+    names, texts = _parse(raw, source, "\t", header=["Label", "Text"])
+    if bad := [i for i, y in enumerate(names) if y not in SMS_SPAM_LABELS]:
+        raise GptclfError(f"{source}, row {bad[0] + 1}: label {names[bad[0]]!r} is not ham/spam")
+    return LabeledTexts(texts, [SMS_SPAM_LABELS.index(y) for y in names], list(SMS_SPAM_LABELS))
+
+
+def download_sms_spam() -> Path:
+    """Download the UCI zip (the book's source) into ``cache_dir()/datasets`` and extract it.
+
+    Only the ``SMSSpamCollection`` member is read, and it must match the bundled sha256. Returns
+    the extracted file; a later call reuses it without downloading.
+    """
+    from gptclf.download import cache_dir, download_file
+
+    directory = cache_dir() / "datasets"
+    target = directory / SMS_SPAM_FILE
+    expected = _bundled_sha256(SMS_SPAM_FILE)
+    if target.is_file() and hashlib.sha256(target.read_bytes()).hexdigest() == expected:
+        return target
+    archive = download_file(SMS_SPAM_URL, directory / "sms_spam_collection.zip")
+    try:
+        raw = _zip_member(archive, SMS_SPAM_FILE)
+        _check_sha256(raw, expected, f"{archive.name}:{SMS_SPAM_FILE}")
+    except GptclfError:
+        archive.unlink(missing_ok=True)  # download_file would otherwise reuse the bad zip
+        raise
+    _atomic_write(target, raw)
+    logger.info("extracted %s", target)
+    return target
+
+
+def load_dataset(name: str | Path) -> LabeledTexts:
+    """Load ``"sms-spam"`` (bundled), ``"sms-spam-uci"`` (downloaded) or a ``.csv``/``.tsv`` file.
+
+    A file needs a header with columns ``Label`` and ``Text``. Integer labels are class indices,
+    named by a ``label_names.json`` list beside the file if there is one, else ``"0"``, ``"1"``,
+    ... up to the largest; other labels are names, numbered in sorted order.
+    """
+    if name == "sms-spam":
+        return read_sms_spam()
+    if name == "sms-spam-uci":
+        return read_sms_spam(download_sms_spam())
+    path = Path(name)
+    if path.suffix.lower() not in _DELIMITERS:
+        raise GptclfError(f"unknown dataset {str(name)!r}, known: {KNOWN_DATASETS}")
+    return _read_table(path)
+
+
+def read_split_file(path: Path) -> LabeledTexts:
+    """Read a file written by ``write_split`` (label names from its ``label_names.json``)."""
+    return _read_table(Path(path))
+
+
+def load_splits(
+    data: str | Path, split: str = "book", seed: int = 123
+) -> tuple[LabeledTexts, LabeledTexts, LabeledTexts]:
+    """Train, validation and test sets from ``data``.
+
+    A directory written by ``write_split`` is read back as is; anything else is loaded with
+    ``load_dataset`` and split by ``split`` (``"book"`` or ``"stratified"``) with ``seed``.
+    """
+    path = Path(data)
+    if str(data) not in ("sms-spam", "sms-spam-uci") and path.is_dir():
+        train, val, test = (read_split_file(path / f"{name}.csv") for name in SPLIT_NAMES)
+        return train, val, test
+    if split == "book":
+        return split_book(load_dataset(data), seed=seed)
+    if split == "stratified":
+        return split_stratified(load_dataset(data), seed=seed)
+    raise GptclfError(f"unknown split {split!r}, known: book, stratified")
+
+
+def split_book(
+    data: LabeledTexts, seed: int = 123
+) -> tuple[LabeledTexts, LabeledTexts, LabeledTexts]:
+    """The book's split: undersample the larger class, shuffle, cut 70/10/20.
+
+    Same rows in the same order as the book's pandas code on the SMS data (1,045/149/300): the
+    larger class (label 0 on a tie, like ``ham``) is sampled down to the smaller one's size, the
+    smaller class is appended in file order, and the whole is shuffled, both with ``seed``.
+    """
+    if len(data.label_names) != 2:
+        raise GptclfError(f"split_book needs 2 classes, not {len(data.label_names)}")
+    labels = np.asarray(data.labels)
+    counts = np.bincount(labels, minlength=2)
+    if counts.min() == 0:
+        raise GptclfError(f"split_book needs both classes present, got counts {counts.tolist()}")
+    major = 0 if counts[0] >= counts[1] else 1
+    major_idx = np.flatnonzero(labels == major)
+    minor_idx = np.flatnonzero(labels != major)
+    # pandas' DataFrame.sample(n, random_state=s) is RandomState(s).choice(len, n, replace=False).
+    pick = np.random.RandomState(seed).choice(len(major_idx), len(minor_idx), replace=False)
+    balanced = np.concatenate([major_idx[pick], minor_idx])
+    n = len(balanced)
+    order = balanced[np.random.RandomState(seed).choice(n, n, replace=False)]  # sample(frac=1)
+    train_end = int(n * 0.7)
+    val_end = train_end + int(n * 0.1)
+    parts = order[:train_end], order[train_end:val_end], order[val_end:]
+    logger.debug("split_book sizes: %s", [len(p) for p in parts])
+    return data.subset(parts[0]), data.subset(parts[1]), data.subset(parts[2])
+
+
+def split_stratified(
+    data: LabeledTexts,
+    fractions: tuple[float, float, float] = (0.7, 0.1, 0.2),
+    seed: int = 123,
+) -> tuple[LabeledTexts, LabeledTexts, LabeledTexts]:
+    """Split each class by ``fractions`` (train, validation, test), keeping class ratios.
+
+    Every split with a positive fraction gets at least one row of each class that has enough rows.
+    Deterministic for a ``seed``; rows within each split are shuffled.
+    """
+    if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-6:
+        raise GptclfError(f"fractions must be 3 non-negative numbers summing to 1, got {fractions}")
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(data.labels, dtype=np.int64)
+    parts: list[list[int]] = [[], [], []]
+    for c in range(len(data.label_names)):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        start = 0
+        for part, n in zip(parts, _allocate(len(idx), fractions), strict=True):
+            part.extend(idx[start : start + n].tolist())
+            start += n
+    train, val, test = (data.subset(rng.permutation(np.asarray(p, dtype=np.int64))) for p in parts)
+    return train, val, test
+
+
+def write_split(
+    out_dir: Path, train: LabeledTexts, val: LabeledTexts, test: LabeledTexts
+) -> tuple[Path, Path, Path]:
+    """Write ``train.csv``, ``validation.csv``, ``test.csv`` (``Label,Text``, integer labels).
+
+    The bytes equal pandas' ``df.to_csv(path, index=None)`` with ``\\n`` line ends. The label
+    names go to ``label_names.json``, which reading an integer-labelled file beside it picks up.
+    Each file is written to a temporary file and moved into place. Returns the three CSV paths.
+    """
+    if not train.label_names == val.label_names == test.label_names:
+        raise GptclfError("train, validation and test have different label_names")
+    out_dir = Path(out_dir)
+    _atomic_write(out_dir / LABEL_NAMES_FILE, json.dumps(train.label_names).encode("utf-8"))
+    paths = []
+    for name, data in zip(SPLIT_NAMES, (train, val, test), strict=True):
+        buffer = io.StringIO(newline="")
+        writer = csv.writer(buffer, lineterminator="\n")  # pandas' to_csv uses this writer
+        writer.writerow(["Label", "Text"])
+        writer.writerows(zip(data.labels, data.texts, strict=True))
+        paths.append(_atomic_write(out_dir / f"{name}.csv", buffer.getvalue().encode("utf-8")))
+    return paths[0], paths[1], paths[2]
+
+
+def _allocate(n: int, fractions: Sequence[float]) -> list[int]:
+    """Counts for ``n`` rows by largest remainder; each positive fraction gets ≥ 1 if n allows."""
+    exact = [n * f for f in fractions]
+    counts = [int(x) for x in exact]
+    by_remainder = sorted(range(len(exact)), key=lambda i: counts[i] - exact[i])
+    for i in by_remainder[: n - sum(counts)]:
+        counts[i] += 1
+    wanted = [i for i, f in enumerate(fractions) if f > 0]
+    if n >= len(wanted):
+        for i in wanted:
+            if counts[i] == 0:
+                donor = max(range(len(counts)), key=lambda j: counts[j])
+                counts[donor] -= 1
+                counts[i] += 1
+    return counts
+
+
+def _read_table(path: Path) -> LabeledTexts:
+    """Read a headed CSV/TSV file with ``Label`` and ``Text`` columns (others are ignored)."""
+    delimiter = _DELIMITERS.get(path.suffix.lower(), ",")
+    raw_labels, texts = _parse(_read_bytes(path), str(path), delimiter)
+    try:
+        labels = [int(y) for y in raw_labels]
+    except ValueError:
+        label_names = sorted(set(raw_labels))
+        return LabeledTexts(texts, [label_names.index(y) for y in raw_labels], label_names)
+    if min(labels) < 0:
+        raise GptclfError(f"{path}: negative integer label {min(labels)}")
+    names_file = path.parent / LABEL_NAMES_FILE
+    if not names_file.is_file():
+        return LabeledTexts(texts, labels, [str(i) for i in range(max(labels) + 1)])
+    try:
+        names = json.loads(names_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise GptclfError(f"{names_file}: not a readable JSON list of label names ({e})") from e
+    if not isinstance(names, list) or max(labels) >= len(names):
+        raise GptclfError(f"{names_file}: needs a list of {max(labels) + 1}+ label names")
+    return LabeledTexts(texts, labels, [str(n) for n in names])
+
+
+def _parse(
+    raw: bytes, source: str, delimiter: str, header: list[str] | None = None
+) -> tuple[list[str], list[str]]:
+    """Labels and texts of a delimited file (header from the first row unless given).
+
+    Quotes and blank lines are handled like pandas' ``read_csv`` defaults.
+    """
+    reader = csv.reader(io.StringIO(_decode(raw, source), newline=""), delimiter=delimiter)
+    header = header or next((row for row in reader if row), None)
+    if header is None:
+        raise GptclfError(f"{source}: empty file, expected a header with columns Label,Text")
+    names = [h.strip().lower() for h in header]
+    for column in ("Label", "Text"):
+        if column.lower() not in names:
+            found = delimiter.join(header)
+            raise GptclfError(f"{source}: missing column {column!r} (header: {found!r})")
+    label_col, text_col = names.index("label"), names.index("text")
+    labels: list[str] = []
+    texts: list[str] = []
+    for row in reader:
+        if not row:
+            continue
+        where = f"{source}, row {len(texts) + 1} (line {reader.line_num})"
+        if len(row) != len(header):
+            raise GptclfError(f"{where}: expected {len(header)} fields, got {len(row)}")
+        if not row[label_col].strip():
+            raise GptclfError(f"{where}: empty Label")
+        if not row[text_col].strip():
+            raise GptclfError(f"{where}: empty Text")
+        labels.append(row[label_col].strip())
+        texts.append(row[text_col])
+    if not texts:
+        raise GptclfError(f"{source}: no data rows")
+    return labels, texts
+
+
+def _read_bytes(path: Path) -> bytes:
+    if not path.is_file():
+        raise GptclfError(f"dataset file not found: {path}")
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise GptclfError(f"cannot read {path}: {e.strerror}") from e
+
+
+def _decode(raw: bytes, source: str) -> str:
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise GptclfError(f"{source}: not valid UTF-8 at line {line} (byte {e.start})") from e
+
+
+def _bundled(name: str) -> Traversable:
+    return resources.files("gptclf") / "datasets" / "sms_spam" / name
+
+
+def _bundled_sha256(name: str) -> str:
+    for line in _bundled("SHA256SUMS").read_text(encoding="utf-8").splitlines():
+        digest, _, file = line.partition("  ")
+        if file.strip() == name:
+            return digest.strip().lower()
+    raise GptclfError(f"no sha256 for {name} in the bundled SHA256SUMS")  # broken install
+
+
+def _check_sha256(raw: bytes, expected: str, source: str) -> None:
+    actual = hashlib.sha256(raw).hexdigest()
+    if actual != expected:
+        raise GptclfError(f"{source}: sha256 {actual} is not SMS Spam Collection v.1's {expected}")
+
+
+def _zip_member(archive: Path, member: str) -> bytes:
+    """The bytes of ``member`` (exact name) from ``archive``; nothing is extracted to disk."""
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            info = next((i for i in zf.infolist() if i.filename == member), None)
+            if info is None:
+                raise GptclfError(f"{archive}: no member {member!r} in the zip")
+            if info.file_size > _MAX_MEMBER_BYTES:
+                raise GptclfError(f"{archive}: {member} is {info.file_size} bytes, too big")
+            return zf.read(info)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise GptclfError(f"{archive}: not a readable zip file ({e})") from e
+
+
+def _atomic_write(path: Path, data: bytes) -> Path:
+    """Write ``data`` to a temporary file next to ``path``, then rename it over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

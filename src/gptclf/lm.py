@@ -1,0 +1,84 @@
+"""`load_lm`: a pretrained (or randomly initialised) language model and its tokenizer, by name or path.
+
+Public API — keep the signature and the returned object's attributes stable.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from gptclf.config import ModelConfig
+from gptclf.errors import GptclfError
+from gptclf.model import GPT
+from gptclf.tokenizer import TOKENIZER_FILE, Tokenizer
+from gptclf.weights import registry
+from gptclf.weights.hf import load_hf_gpt2
+
+log = logging.getLogger(__name__)
+
+Weights = Literal["pretrained", "random"]
+
+
+@dataclass
+class LanguageModel:
+    model: GPT  # forward(input_ids) -> vocab logits (B, T, V)
+    tokenizer: Tokenizer
+    config: ModelConfig
+    # How to get the same base model again (stored in classifier checkpoints).
+    source: dict[str, Any] = field(default_factory=dict)
+
+
+def load_lm(
+    name_or_path: str | Path,
+    weights: Weights = "pretrained",
+    *,
+    seed: int = 123,
+    progress: bool = True,
+    **config_overrides: Any,
+) -> LanguageModel:
+    """Load a language model.
+
+    name_or_path: a known name (`gptclf models`), or a local directory in the Hugging Face GPT-2
+    layout. weights: "pretrained", or "random" for the name's architecture with GPT-2 init (seeded)
+    and the real tokenizer. config_overrides: e.g. `causal=False`, `dropout=0.1`.
+    """
+    if weights not in ("pretrained", "random"):
+        raise GptclfError(f"weights must be 'pretrained' or 'random', got {weights!r}")
+    path = Path(name_or_path)
+    if path.is_dir():
+        if weights == "random":
+            raise GptclfError("--weights random takes a model name, not a directory")
+        return _load_hf_dir(path, {"path": str(path.resolve())}, config_overrides)
+    if path.suffix in (".safetensors", ".json", ".gguf") or "/" in str(name_or_path):
+        raise GptclfError(f"model path {name_or_path} does not exist")
+
+    known = registry.known_model(str(name_or_path))
+    if weights == "random":
+        config = ModelConfig.from_name(known.preset, **config_overrides)
+        torch.manual_seed(seed)
+        model = GPT(config)
+        source = {"name": known.name, "weights": "random", "seed": seed}
+        log.info("initialised %s with random weights (seed %d)", known.name, seed)
+        return LanguageModel(model, registry.gpt2_tokenizer(progress), config, source)
+    directory = registry.fetch_hf_model(known, progress=progress)
+    return _load_hf_dir(directory, {"name": known.name, "weights": "pretrained"}, config_overrides)
+
+
+def _load_hf_dir(directory: Path, source: dict, overrides: dict) -> LanguageModel:
+    config, state = load_hf_gpt2(directory, **overrides)
+    model = GPT.from_state_dict(config, state)
+    if (directory / TOKENIZER_FILE).is_file() and (directory / "tokenizer_meta.json").is_file():
+        tokenizer = Tokenizer.load(directory)
+    else:
+        tokenizer = Tokenizer.from_bpe_files(directory / "vocab.json", directory / "merges.txt")
+    if tokenizer.vocab_size > config.vocab_size:
+        raise GptclfError(
+            f"tokenizer has {tokenizer.vocab_size} tokens but the model only {config.vocab_size}"
+        )
+    log.info("loaded %s (%d layers, d=%d)", directory, config.n_layer, config.d_model)
+    return LanguageModel(model, tokenizer, config, source)

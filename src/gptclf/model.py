@@ -1,0 +1,248 @@
+"""Decoder-only transformer: GPT-2 and Llama-style models from one set of classes.
+
+Module names follow the GPT-2 checkpoint (`wte`, `wpe`, `h.N.ln_1`, `attn.c_attn`, `mlp.c_fc`,
+`ln_f`, `lm_head`) so that loading GPT-2 weights is a near-identity key map. Llama differs by config
+switches only (see `ModelConfig`): RMSNorm, rotary positions, SwiGLU, grouped-query attention, no bias.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gptclf.config import ModelConfig
+from gptclf.errors import GptclfError
+
+
+def make_norm(config: ModelConfig) -> nn.Module:
+    if config.norm == "rmsnorm":
+        return nn.RMSNorm(config.d_model, eps=config.norm_eps)
+    return nn.LayerNorm(config.d_model, eps=config.norm_eps)
+
+
+class RotaryEmbedding(nn.Module):
+    """RoPE in the Hugging Face "rotate half" layout (first half of a head pairs with second half).
+
+    llama.cpp stores Q/K rows interleaved instead; `weights/gguf.py` undoes that permutation.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        dim = config.head_dim
+        inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+        angles = torch.outer(torch.arange(config.context_length, dtype=torch.float32), inv_freq)
+        angles = torch.cat([angles, angles], dim=-1)  # (T_max, head_dim)
+        # Not persistent: derived from the config, never part of a checkpoint.
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        # x: (B, nh, T, hs); positions: (B, T) or (T,)
+        cos = self.cos[positions].to(x.dtype)  # (B, T, hs) or (T, hs)
+        sin = self.sin[positions].to(x.dtype)
+        if cos.dim() == 3:
+            cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (B, 1, T, hs)
+        x1, x2 = x.chunk(2, dim=-1)
+        rotated = torch.cat([-x2, x1], dim=-1)
+        return x * cos + rotated * sin
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.n_head, self.n_kv_head, self.head_dim = (
+            config.n_head,
+            config.n_kv_head,
+            config.head_dim,
+        )
+        # Fused projection: rows are [q (n_head*hs) | k (n_kv_head*hs) | v (n_kv_head*hs)].
+        qkv_out = (config.n_head + 2 * config.n_kv_head) * config.head_dim
+        self.c_attn = nn.Linear(config.d_model, qkv_out, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_head * config.head_dim, config.d_model, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        attn_mask: torch.Tensor | None,
+        rope: RotaryEmbedding | None,
+        positions: torch.Tensor,
+    ) -> torch.Tensor:
+        B, T, _ = x.shape
+        hs = self.head_dim
+        q, k, v = self.c_attn(x).split(
+            [self.n_head * hs, self.n_kv_head * hs, self.n_kv_head * hs], dim=-1
+        )
+        q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_kv_head, hs).transpose(1, 2)  # (B, n_kv, T, hs)
+        v = v.view(B, T, self.n_kv_head, hs).transpose(1, 2)
+        if rope is not None:
+            q, k = rope(q, positions), rope(k, positions)
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=attn_mask,
+            is_causal=attn_mask is None and self.config.causal,
+            dropout_p=self.config.dropout if self.training else 0.0,
+            enable_gqa=self.n_kv_head != self.n_head,
+        )
+        y = y.transpose(1, 2).reshape(B, T, self.n_head * hs)  # (B, T, nh*hs)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.swiglu = config.mlp == "swiglu"
+        # SwiGLU: c_fc fuses [gate | up] into one matmul; c_proj is the down projection.
+        fc_out = 2 * config.d_ff if self.swiglu else config.d_ff
+        self.c_fc = nn.Linear(config.d_model, fc_out, bias=config.bias)
+        self.c_proj = nn.Linear(config.d_ff, config.d_model, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.c_fc(x)
+        if self.swiglu:
+            gate, up = h.chunk(2, dim=-1)
+            h = F.silu(gate) * up
+        else:
+            h = F.gelu(h, approximate="tanh")
+        return self.dropout(self.c_proj(h))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.ln_1 = make_norm(config)
+        self.attn = Attention(config)
+        self.ln_2 = make_norm(config)
+        self.mlp = MLP(config)
+
+    def forward(self, x, attn_mask, rope, positions):
+        x = x + self.attn(self.ln_1(x), attn_mask, rope, positions)
+        return x + self.mlp(self.ln_2(x))
+
+
+def attention_mask_to_bias(attention_mask: torch.Tensor, causal: bool) -> torch.Tensor | None:
+    """Boolean SDPA mask (B, 1, T, T), True = may attend, from a (B, T) padding mask (1 = real).
+
+    None when nothing is padded (SDPA then uses its fast causal path). Pad keys are masked out; every
+    query may always attend to itself so a pad query never sees an all-masked row (NaN).
+    """
+    if bool(attention_mask.all()):
+        return None
+    T = attention_mask.shape[1]
+    allowed = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T) over keys
+    if causal:
+        allowed = allowed & torch.ones(T, T, dtype=torch.bool, device=allowed.device).tril()
+    return allowed | torch.eye(T, dtype=torch.bool, device=allowed.device)
+
+
+def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that count real tokens only, so left padding does not shift positions."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+class GPT(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.d_model)
+        self.wpe = (
+            nn.Embedding(config.context_length, config.d_model)
+            if config.positions == "learned"
+            else None
+        )
+        self.rope = RotaryEmbedding(config) if config.positions == "rope" else None
+        self.drop = nn.Dropout(config.dropout)
+        self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.ln_f = make_norm(config)
+        self.lm_head: nn.Linear | None = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.wte.weight
+        self.reset_parameters()
+
+    @classmethod
+    def from_state_dict(cls, config: ModelConfig, state_dict: dict[str, torch.Tensor]) -> GPT:
+        """Build a model directly from converted weights (strict), without a random init first."""
+        with torch.device("meta"):
+            model = cls(config)
+        expected = model.state_dict()
+        missing = sorted(set(expected) - set(state_dict))
+        unexpected = sorted(set(state_dict) - set(expected))
+        if missing or unexpected:
+            raise GptclfError(
+                f"weights do not fit {config.name}: missing {missing[:3]}, unexpected {unexpected[:3]}"
+            )
+        for key, tensor in state_dict.items():
+            if tensor.shape != expected[key].shape:
+                raise GptclfError(
+                    f"weight {key} has shape {tuple(tensor.shape)}, "
+                    f"expected {tuple(expected[key].shape)} for {config.name}"
+                )
+        model.load_state_dict(state_dict, strict=True, assign=True)
+        if config.tie_embeddings:
+            model.lm_head.weight = model.wte.weight
+        model.init_buffers()
+        return model
+
+    def init_buffers(self) -> None:
+        """Recompute the derived (non-persistent) buffers, e.g. after building on the meta device."""
+        if self.rope is not None:
+            self.rope = RotaryEmbedding(self.config)
+
+    def reset_parameters(self) -> None:
+        """GPT-2 initialisation (as in nanoGPT): N(0, 0.02), residual projections scaled by depth."""
+        for name, p in self.named_parameters():
+            if p.dim() >= 2:
+                std = 0.02
+                if name.endswith("c_proj.weight"):
+                    std /= math.sqrt(2 * self.config.n_layer)  # keeps the residual stream's scale
+                nn.init.normal_(p, mean=0.0, std=std)
+            elif name.endswith("bias"):
+                nn.init.zeros_(p)
+            else:
+                nn.init.ones_(p)  # norm weights
+
+    def embed(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        x = self.wte(input_ids)
+        if self.wpe is not None:
+            x = x + self.wpe(positions)
+        return self.drop(x)
+
+    def hidden_states(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Final-norm hidden states (B, T, d_model).
+
+        attention_mask (B, T), 1 = real token: pad keys are masked out and positions count real
+        tokens only. Without it every token (pads included) is an ordinary token, as in the book.
+        """
+        T = input_ids.shape[1]
+        if T > self.config.context_length:
+            raise ValueError(f"sequence length {T} exceeds context {self.config.context_length}")
+        if attention_mask is None:
+            positions = torch.arange(T, device=input_ids.device)
+            attn_mask = None
+        else:
+            positions = positions_from_mask(attention_mask)
+            attn_mask = attention_mask_to_bias(attention_mask, self.config.causal)
+        x = self.embed(input_ids, positions)
+        for block in self.h:
+            x = block(x, attn_mask, self.rope, positions)
+        return self.ln_f(x)
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Vocabulary logits (B, T, vocab_size)."""
+        if self.lm_head is None:
+            raise RuntimeError("this model's LM head was replaced; call hidden_states()")
+        return self.lm_head(self.hidden_states(input_ids, attention_mask))

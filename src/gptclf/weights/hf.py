@@ -1,0 +1,102 @@
+"""GPT-2 in the Hugging Face layout: `config.json` + `model.safetensors` + `vocab.json`/`merges.txt`.
+
+Our module names equal GPT-2's, so the conversion is: strip the optional `transformer.` prefix, drop
+the causal-mask buffers old checkpoints carry, and transpose the four Conv1D weights (HF stores
+them as (in, out); see transformers' `pytorch_utils.Conv1D`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from gptclf.config import PRESETS, ModelConfig
+from gptclf.errors import GptclfError
+
+# GPT-2's Conv1D layers store weight as (in_features, out_features): the transpose of nn.Linear.
+CONV1D_WEIGHTS = (
+    "attn.c_attn.weight",
+    "attn.c_proj.weight",
+    "mlp.c_fc.weight",
+    "mlp.c_proj.weight",
+)
+# Buffers (not parameters) that some GPT-2 checkpoints include: the causal mask, recomputed here.
+DROPPED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
+
+# config.json field -> ModelConfig field (https://huggingface.co/openai-community/gpt2/blob/main/config.json)
+GPT2_CONFIG_MAP = {
+    "vocab_size": "vocab_size",
+    "n_positions": "context_length",
+    "n_layer": "n_layer",
+    "n_head": "n_head",
+    "n_embd": "d_model",
+    "n_inner": "d_ff",
+    "layer_norm_epsilon": "norm_eps",
+    "tie_word_embeddings": "tie_embeddings",
+}
+
+
+def config_from_hf_gpt2(hf_config: dict, name: str = "custom") -> ModelConfig:
+    if hf_config.get("model_type", "gpt2") != "gpt2":
+        raise GptclfError(f"config.json model_type {hf_config['model_type']!r} is not gpt2")
+    if hf_config.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
+        raise GptclfError(f"unsupported activation {hf_config['activation_function']!r}")
+    fields = {
+        ours: hf_config[theirs] for theirs, ours in GPT2_CONFIG_MAP.items() if theirs in hf_config
+    }
+    fields = {k: v for k, v in fields.items() if v is not None}  # n_inner: null = 4 * d
+    gpt2 = {k: v for k, v in PRESETS["gpt2-small"].items() if k not in fields}
+    return ModelConfig(**{**gpt2, **fields, "name": name})
+
+
+def convert_hf_gpt2(
+    hf_state: dict[str, torch.Tensor], config: ModelConfig
+) -> dict[str, torch.Tensor]:
+    """HF GPT-2 state dict -> our GPT state dict. Pure function; unknown keys are reported by the
+    strict load in `GPT.from_state_dict`."""
+    state = {}
+    for key, tensor in hf_state.items():
+        key = key.removeprefix("transformer.")
+        if key.endswith(DROPPED_SUFFIXES):
+            continue
+        if key == "lm_head.weight" and config.tie_embeddings:
+            continue  # tied to wte.weight
+        if key.endswith(CONV1D_WEIGHTS):
+            tensor = tensor.t()
+        state[key] = tensor.contiguous()
+    if config.tie_embeddings and "wte.weight" in state:
+        state["lm_head.weight"] = state["wte.weight"]
+    return state
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise GptclfError(f"missing weights file {path}")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise GptclfError(f"cannot read {path} (corrupt or not safetensors): {exc}") from None
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise GptclfError(f"missing file {path}") from None
+    except (OSError, ValueError) as exc:
+        raise GptclfError(f"cannot read {path}: {exc}") from None
+
+
+def load_hf_gpt2(
+    directory: Path, name: str | None = None, **overrides
+) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """(config, state_dict in our keys) from a Hugging Face GPT-2 directory."""
+    config = config_from_hf_gpt2(read_json(directory / "config.json"), name or directory.name)
+    config = dataclasses.replace(config, **overrides)
+    state = convert_hf_gpt2(read_safetensors(directory / "model.safetensors"), config)
+    return config, state

@@ -1,0 +1,239 @@
+"""Tests for gptclf.data; pandas is the oracle for parsing, the book's split and to_csv bytes."""
+
+from __future__ import annotations
+
+import shutil
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import gptclf.data
+import gptclf.download
+from gptclf.data import (
+    LabeledTexts,
+    download_sms_spam,
+    load_dataset,
+    load_splits,
+    read_sms_spam,
+    read_split_file,
+    split_book,
+    split_stratified,
+    write_split,
+)
+from gptclf.errors import GptclfError
+
+BUNDLED = Path(gptclf.data.__file__).parent / "datasets" / "sms_spam" / "SMSSpamCollection"
+
+
+@pytest.fixture(scope="module")
+def sms() -> LabeledTexts:
+    return read_sms_spam()
+
+
+@pytest.fixture(scope="module")
+def book_frames() -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The book's ch. 6 code, verbatim apart from variable names."""
+    df = pd.read_csv(BUNDLED, sep="\t", header=None, names=["Label", "Text"])
+    num_spam = df[df["Label"] == "spam"].shape[0]
+    ham_subset = df[df["Label"] == "ham"].sample(num_spam, random_state=123)
+    balanced_df = pd.concat([ham_subset, df[df["Label"] == "spam"]])
+    balanced_df["Label"] = balanced_df["Label"].map({"ham": 0, "spam": 1})
+    df = balanced_df.sample(frac=1, random_state=123).reset_index(drop=True)
+    train_end = int(len(df) * 0.7)
+    validation_end = train_end + int(len(df) * 0.1)
+    return df[:train_end], df[train_end:validation_end], df[validation_end:]
+
+
+def test_parse_equals_pandas(sms: LabeledTexts) -> None:
+    df = pd.read_csv(BUNDLED, sep="\t", header=None, names=["Label", "Text"])
+    assert len(sms) == len(df) == 5572
+    assert sms.texts == df["Text"].tolist()
+    assert [sms.label_names[y] for y in sms.labels] == df["Label"].tolist()
+    assert sms.label_names == ["ham", "spam"]
+    # Lines 5082-5084 merge: an unclosed quote on 5082 runs to the end of 5084.
+    merged = next(t for t in sms.texts if "VIVEKANAND" in t)
+    assert merged.count("\nham\t") == 2
+
+
+def test_sha256_mismatch(tmp_path: Path) -> None:
+    copy = tmp_path / "SMSSpamCollection"
+    copy.write_bytes(BUNDLED.read_bytes().replace(b"Ok lar", b"OK lar", 1))
+    with pytest.raises(GptclfError, match="sha256"):
+        read_sms_spam(copy)
+    assert len(read_sms_spam(copy, verify=False)) == 5572
+    copy.write_bytes(b"hum\thi\n" + BUNDLED.read_bytes())
+    with pytest.raises(GptclfError, match="row 1: label 'hum' is not ham/spam"):
+        read_sms_spam(copy, verify=False)
+
+
+def test_pandas_sample_is_permutation_prefix() -> None:
+    a = np.random.RandomState(123).choice(4825, 747, replace=False)
+    assert np.array_equal(a, np.random.RandomState(123).permutation(4825)[:747])
+
+
+def test_split_book_equals_pandas(sms: LabeledTexts, book_frames) -> None:
+    splits = split_book(sms)
+    assert [len(s) for s in splits] == [1045, 149, 300]
+    for ours, frame in zip(splits, book_frames, strict=True):
+        assert ours.texts == frame["Text"].tolist()
+        assert ours.labels == frame["Label"].tolist()
+
+
+def test_write_split_equals_pandas_to_csv(sms: LabeledTexts, book_frames, tmp_path: Path) -> None:
+    splits = split_book(sms)
+    paths = write_split(tmp_path / "out", *splits)
+    names = ["train.csv", "validation.csv", "test.csv"]
+    assert [p.name for p in paths] == names
+    for path, frame, ours in zip(paths, book_frames, splits, strict=True):
+        oracle = tmp_path / f"pandas_{path.name}"
+        frame.to_csv(oracle, index=None)
+        assert path.read_bytes() == oracle.read_bytes()
+        back = read_split_file(path)
+        assert (back.texts, back.labels, back.label_names) == (
+            ours.texts,
+            ours.labels,
+            ours.label_names,
+        )
+    files = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert files == sorted([*names, "label_names.json"])  # no temp files left
+    (tmp_path / "out" / "label_names.json").unlink()
+    assert read_split_file(paths[0]).label_names == ["0", "1"]
+
+
+def test_load_splits(sms: LabeledTexts, tmp_path: Path) -> None:
+    book = load_splits("sms-spam")
+    assert book == split_book(sms)
+    assert load_splits("sms-spam", "stratified", seed=5) == split_stratified(sms, seed=5)
+    write_split(tmp_path, *book)
+    assert load_splits(tmp_path, "ignored for a directory") == book
+    with pytest.raises(GptclfError, match="unknown split 'random'"):
+        load_splits("sms-spam", "random")
+    (tmp_path / "label_names.json").write_text('["ham"]')
+    with pytest.raises(GptclfError, match="label_names.json: needs a list of 2"):
+        load_splits(tmp_path)
+
+
+def test_split_book_generalizes(sms: LabeledTexts) -> None:
+    swapped = LabeledTexts(sms.texts, [1 - y for y in sms.labels], ["spam", "ham"])
+    sizes = [len(s) for s in split_book(swapped)]
+    assert sizes == [1045, 149, 300]
+    with pytest.raises(GptclfError, match="2 classes"):
+        split_book(LabeledTexts(["a", "b", "c"], [0, 1, 2], ["x", "y", "z"]))
+
+
+def test_split_stratified(sms: LabeledTexts) -> None:
+    splits = split_stratified(sms, seed=7)
+    again = split_stratified(sms, seed=7)
+    assert splits == again
+    assert split_stratified(sms, seed=8)[0].texts != splits[0].texts
+    # Disjoint and covering: texts replaced by row numbers, so each row is identifiable.
+    rows = LabeledTexts([str(i) for i in range(len(sms))], sms.labels, sms.label_names)
+    parts = [[int(t) for t in s.texts] for s in split_stratified(rows, seed=7)]
+    assert sorted(i for p in parts for i in p) == list(range(len(sms)))
+    for part, frac in zip(parts, (0.7, 0.1, 0.2), strict=True):
+        assert abs(len(part) - frac * len(sms)) <= 2  # at most 1 off per class
+    overall = sum(sms.labels) / len(sms)
+    for s in splits:
+        assert abs(sum(s.labels) / len(s) - overall) < 0.01
+        assert s.labels != sorted(s.labels)  # shuffled, not grouped by class
+
+
+def test_split_stratified_small_classes() -> None:
+    data = LabeledTexts([f"t{i}" for i in range(13)], [0] * 10 + [1] * 3, ["a", "b"])
+    for s in split_stratified(data):
+        assert set(s.labels) == {0, 1}
+    with pytest.raises(GptclfError, match="fractions"):
+        split_stratified(data, fractions=(0.5, 0.5, 0.5))
+
+
+def test_load_dataset_files(tmp_path: Path) -> None:
+    (tmp_path / "a.csv").write_text('Label,Text\nspam,"buy, now"\nham,hi\n', encoding="utf-8")
+    data = load_dataset(str(tmp_path / "a.csv"))
+    assert (data.texts, data.labels, data.label_names) == (
+        ["buy, now", "hi"],
+        [1, 0],
+        ["ham", "spam"],
+    )
+    (tmp_path / "b.tsv").write_text("Text\tLabel\nhello\t2\nbye\t0\n", encoding="utf-8")
+    data = load_dataset(tmp_path / "b.tsv")
+    assert (data.texts, data.labels, data.label_names) == (
+        ["hello", "bye"],
+        [2, 0],
+        ["0", "1", "2"],
+    )
+    assert len(load_dataset("sms-spam")) == 5572
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        (b"Label,Body\n0,hi\n", r"bad\.csv: missing column 'Text'"),
+        (b"Label,Text\n0,hi\n1,  \n", r"bad\.csv, row 2 \(line 3\): empty Text"),
+        (b"Label,Text\n0,hi\n1,caf\xe9\n", r"bad\.csv: not valid UTF-8 at line 3"),
+        (b"Label,Text\n0,hi,extra\n", r"bad\.csv, row 1 \(line 2\): expected 2 fields, got 3"),
+        (b"Label,Text\n,hi\n", "empty Label"),
+        (b"Label,Text\n", "no data rows"),
+        (b"", "empty file"),
+    ],
+)
+def test_bad_csv(tmp_path: Path, content: bytes, match: str) -> None:
+    (tmp_path / "bad.csv").write_bytes(content)
+    with pytest.raises(GptclfError, match=match):
+        load_dataset(str(tmp_path / "bad.csv"))
+
+
+def test_missing_file_and_unknown_name(tmp_path: Path) -> None:
+    with pytest.raises(GptclfError, match=r"not found: .*nope\.csv"):
+        load_dataset(str(tmp_path / "nope.csv"))
+    with pytest.raises(GptclfError, match="unknown dataset 'imdb', known: sms-spam"):
+        load_dataset("imdb")
+
+
+def _zip(path: Path, member: bytes) -> Path:
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("SMSSpamCollection", member)
+        zf.writestr("readme", b"readme")
+        zf.writestr("../evil", b"must not be extracted")
+    return path
+
+
+@pytest.fixture
+def fake_download(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """``download_file`` copies ``tmp_path/served.zip``; returns the list of requested URLs."""
+    monkeypatch.setenv("GPTCLF_HOME", str(tmp_path / "home"))
+    calls: list[str] = []
+
+    def download_file(url: str, dest: Path, *, sha256=None, progress=True) -> Path:
+        calls.append(url)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(tmp_path / "served.zip", dest)
+        return dest
+
+    monkeypatch.setattr(gptclf.download, "download_file", download_file)
+    return calls
+
+
+def test_download_sms_spam(tmp_path: Path, fake_download: list[str]) -> None:
+    _zip(tmp_path / "served.zip", BUNDLED.read_bytes())
+    path = download_sms_spam()
+    assert path == tmp_path / "home" / "datasets" / "SMSSpamCollection"
+    assert path.read_bytes() == BUNDLED.read_bytes()
+    assert fake_download == [
+        "https://archive.ics.uci.edu/static/public/228/sms+spam+collection.zip"
+    ]
+    assert not (tmp_path / "home" / "evil").exists()
+    assert download_sms_spam() == path and len(fake_download) == 1  # cached
+    assert len(load_dataset("sms-spam-uci")) == 5572
+
+
+def test_download_sms_spam_bad_checksum(tmp_path: Path, fake_download: list[str]) -> None:
+    _zip(tmp_path / "served.zip", BUNDLED.read_bytes()[:-10])
+    with pytest.raises(GptclfError, match="sha256"):
+        download_sms_spam()
+    assert not (tmp_path / "home" / "datasets" / "SMSSpamCollection").exists()
+    (tmp_path / "served.zip").write_bytes(b"not a zip")
+    with pytest.raises(GptclfError, match="not a readable zip"):
+        download_sms_spam()
