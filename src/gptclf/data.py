@@ -275,14 +275,25 @@ def _parse(
 
     Quotes and blank lines are handled like pandas' ``read_csv`` defaults.
     """
-    reader = csv.reader(io.StringIO(_decode(raw, source), newline=""), delimiter=delimiter)
+    # User files (no given header) are parsed strictly: an unclosed quote is an error, not a
+    # text that silently swallows the rest of the file. The SMS file keeps pandas' lenience.
+    reader = csv.reader(
+        io.StringIO(_decode(raw, source), newline=""), delimiter=delimiter, strict=header is None
+    )
+    try:
+        return _rows(reader, source, header)
+    except csv.Error as e:
+        raise GptclfError(f"{source}: malformed file near line {reader.line_num}: {e}") from None
+
+
+def _rows(reader, source: str, header: list[str] | None) -> tuple[list[str], list[str]]:
     header = header or next((row for row in reader if row), None)
     if header is None:
         raise GptclfError(f"{source}: empty file, expected a header with columns Label,Text")
     names = [h.strip().lower() for h in header]
     for column in ("Label", "Text"):
         if column.lower() not in names:
-            found = delimiter.join(header)
+            found = reader.dialect.delimiter.join(header)
             raise GptclfError(f"{source}: missing column {column!r} (header: {found!r})")
     label_col, text_col = names.index("label"), names.index("text")
     labels: list[str] = []

@@ -1,0 +1,121 @@
+"""End-to-end training on a small slice of the book split with a tiny random GPT-2."""
+
+import json
+
+import pytest
+import torch
+
+from gptclf.api import Classifier
+from gptclf.batching import pad_length
+from gptclf.data import load_dataset, split_book, write_split
+from gptclf.train import TrainConfig, fit
+
+
+@pytest.fixture(scope="module")
+def small_split(tmp_path_factory):
+    """120/40/40 rows of the book split, written as `gptclf data split` writes them."""
+    train, val, test = split_book(load_dataset("sms-spam"))
+    out = tmp_path_factory.mktemp("split")
+    write_split(out, train.subset(range(120)), val.subset(range(40)), test.subset(range(40)))
+    return out
+
+
+def tiny(small_split, out=None, **kw):
+    base = dict(
+        model="gpt2-tiny",
+        weights="random",
+        data=str(small_split),
+        epochs=2,
+        lr=1e-3,
+        progress=False,
+        out=str(out) if out else None,
+    )
+    return TrainConfig(**{**base, **kw})
+
+
+def without_timings(metrics):
+    return {k: v for k, v in metrics.items() if not k.endswith("_seconds")}
+
+
+def test_fit_writes_a_self_describing_checkpoint(small_split, tmp_path):
+    metrics = fit(tiny(small_split, tmp_path / "run"))
+    run = tmp_path / "run"
+    assert {p.name for p in run.iterdir()} >= {
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_meta.json",
+        "metrics.json",
+    }
+    saved = json.loads((run / "metrics.json").read_text())
+    for split in ("train", "validation", "test"):
+        for key in ("accuracy", "precision", "recall", "f1", "confusion_matrix", "n"):
+            assert key in saved[split]
+    assert saved["test"]["n"] == 40 and saved["train"]["n"] == 120
+    assert saved["trainable_params"] < saved["total_params"]
+    assert saved["config"]["train_config"]["trainable"] == "last_block"
+
+    clf = Classifier.load(run)
+    assert clf.labels == ["ham", "spam"]
+    again = clf.evaluate(load_dataset(small_split / "test.csv"))
+    assert again["accuracy"] == metrics["test"]["accuracy"]
+    assert again["confusion_matrix"] == metrics["test"]["confusion_matrix"]
+    preds = clf.predict(["WINNER!! Claim your free prize now", "see you at lunch"])
+    assert all(p.label in ("ham", "spam") for p in preds)
+    assert all(abs(sum(p.probabilities.values()) - 1) < 1e-5 for p in preds)
+
+
+def test_same_seed_same_metrics_and_other_seed_differs(small_split):
+    a = without_timings(fit(tiny(small_split, epochs=1)))
+    b = without_timings(fit(tiny(small_split, epochs=1)))
+    c = without_timings(fit(tiny(small_split, epochs=1, seed=7)))
+    assert a == b
+    assert a["history"] != c["history"]
+
+
+def test_training_learns_on_the_tiny_model(small_split):
+    metrics = fit(tiny(small_split, epochs=4, trainable="all"))
+    history = metrics["history"]
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert metrics["train"]["accuracy"] > 0.6
+
+
+def test_padding_modes_choose_different_lengths():
+    ids = [[1, 2, 3], [4, 5, 6, 7, 8]]
+    assert pad_length("longest", ids, 1024) == 5
+    assert pad_length("max_context", ids, 1024) == 1024
+    assert pad_length("dynamic", ids, 1024) is None
+
+
+def test_padding_changes_last_but_not_last_real(small_split):
+    """Pad-aware pooling is invariant to the padding mode; the book's `last` is not."""
+
+    def losses(**kw):
+        return [h["train_loss"] for h in fit(tiny(small_split, epochs=1, **kw))["history"]]
+
+    last_longest = losses(pool="last", padding="longest")
+    last_dynamic = losses(pool="last", padding="dynamic")
+    assert last_longest != pytest.approx(last_dynamic, rel=1e-3)
+    real_longest = losses(pool="last_real", padding="longest")
+    real_dynamic = losses(pool="last_real", padding="dynamic")
+    assert real_longest == pytest.approx(real_dynamic, rel=1e-4)
+
+
+@pytest.mark.parametrize(
+    "option", [dict(trainable="head"), dict(causal=False), dict(pool="mean"), dict(grad_accum=2)]
+)
+def test_each_option_changes_the_training_run(small_split, option):
+    base = fit(tiny(small_split, epochs=1))["history"]
+    changed = fit(tiny(small_split, epochs=1, **option))["history"]
+    assert base[0]["train_loss"] != pytest.approx(changed[0]["train_loss"], rel=1e-4)
+
+
+def test_frozen_weights_in_checkpoint_equal_the_random_init(small_split, tmp_path):
+    fit(tiny(small_split, tmp_path / "run", epochs=1, trainable="head"))
+    from gptclf.lm import load_lm
+
+    base = load_lm("gpt2-tiny", "random", seed=123).model
+    clf = Classifier.load(tmp_path / "run")
+    torch.testing.assert_close(
+        clf.model.backbone.h[0].attn.c_attn.weight, base.h[0].attn.c_attn.weight
+    )
