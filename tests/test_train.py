@@ -88,17 +88,33 @@ def test_padding_modes_choose_different_lengths():
 
 
 def test_padding_changes_last_but_not_last_real(small_split):
-    """Pad-aware pooling is invariant to the padding mode; the book's `last` is not."""
+    """Pad-aware pooling is invariant to the padded length; the book's `last` is not."""
 
     def losses(**kw):
         return [h["train_loss"] for h in fit(tiny(small_split, epochs=1, **kw))["history"]]
 
     last_longest = losses(pool="last", padding="longest")
-    last_dynamic = losses(pool="last", padding="dynamic")
-    assert last_longest != pytest.approx(last_dynamic, rel=1e-3)
+    last_context = losses(pool="last", padding="max_context")
+    assert last_longest != pytest.approx(last_context, rel=1e-3)
     real_longest = losses(pool="last_real", padding="longest")
-    real_dynamic = losses(pool="last_real", padding="dynamic")
-    assert real_longest == pytest.approx(real_dynamic, rel=1e-4)
+    real_context = losses(pool="last_real", padding="max_context")
+    assert real_longest == pytest.approx(real_context, rel=1e-4)
+
+
+def test_dynamic_padding_predicts_like_fixed_padding(small_split):
+    """Dynamic (per-batch, length-sorted) padding gives the same logits as padding to a length."""
+    import gptclf.inference as inference
+    from gptclf.classifier import SequenceClassifier
+    from gptclf.lm import load_lm
+
+    lm = load_lm("gpt2-tiny", "random")
+    model = SequenceClassifier(lm.model, 2, "last_real")
+    texts = load_dataset(small_split / "test.csv").texts
+    ids = [lm.tokenizer.encode(t)[:64] for t in texts]
+    kw = dict(batch_size=8, pad_id=lm.tokenizer.pad_id)
+    fixed = inference.predict_logits(model, ids, length=64, **kw)
+    dynamic = inference.predict_logits(model, ids, length=None, **kw)
+    torch.testing.assert_close(fixed, dynamic, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize(

@@ -29,6 +29,12 @@ class Batch:
     labels: torch.Tensor  # (B,)
     indices: torch.Tensor  # (B,) positions in the encoded dataset
 
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(
+            *(t.to(device) for t in (self.input_ids, self.attention_mask, self.labels)),
+            self.indices,
+        )
+
 
 def encode(tokenizer: Tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
     """Token ids per text, truncated to `max_length` (counted, with a warning)."""
@@ -80,15 +86,28 @@ def batches(
     shuffle: bool = False,
     generator: torch.Generator | None = None,
     drop_last: bool = False,
+    bucket: bool = False,
 ) -> Iterator[Batch]:
-    """Batches in order (or shuffled with `generator`), padded to `length` or per batch."""
-    order = torch.randperm(len(ids), generator=generator).tolist() if shuffle else range(len(ids))
-    order = list(order)
-    stop = (
-        len(order) - len(order) % batch_size
-        if drop_last and len(order) >= batch_size
-        else len(order)
+    """Batches in order (or shuffled with `generator`), padded to `length` or per batch.
+
+    bucket (with shuffle): sort by length within windows of 64 batches, then shuffle the batch
+    order, so dynamic padding computes almost no pads while batches stay random.
+    """
+    order = (
+        torch.randperm(len(ids), generator=generator).tolist() if shuffle else list(range(len(ids)))
     )
-    for start in range(0, stop, batch_size):
-        chunk = order[start : start + batch_size]
+    bucket = bucket and shuffle
+    if bucket:
+        window = batch_size * 64
+        order = [
+            i
+            for w in range(0, len(order), window)
+            for i in sorted(order[w : w + window], key=lambda i: len(ids[i]))
+        ]
+    chunks = [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
+    if drop_last and len(order) >= batch_size:
+        chunks = [c for c in chunks if len(c) == batch_size]
+    if bucket:
+        chunks = [chunks[i] for i in torch.randperm(len(chunks), generator=generator).tolist()]
+    for chunk in chunks:
         yield collate([ids[i] for i in chunk], [labels[i] for i in chunk], chunk, pad_id, length)

@@ -51,8 +51,8 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, mode: PoolMo
 class SequenceClassifier(nn.Module):
     """Backbone + pooling + class head.
 
-    The backbone needs `hidden_states(input_ids, attention_mask)`, `config.d_model`, blocks in `h`
-    and a final norm `ln_f` (or None). Its LM head is dropped.
+    The backbone needs `embed(ids, mask)`, `run_blocks(x, mask, start, stop)`, `config.d_model`,
+    blocks in `h` and a final norm `ln_f`. Its LM head is dropped.
     """
 
     def __init__(self, backbone: nn.Module, num_classes: int, pool_mode: PoolMode = "last"):
@@ -72,10 +72,27 @@ class SequenceClassifier(nn.Module):
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Class logits (B, num_classes)."""
-        # `last` is the book's mode: pads are ordinary tokens, so the backbone sees no mask.
-        backbone_mask = None if self.pool_mode == "last" else attention_mask
-        hidden = self.backbone.hidden_states(input_ids, backbone_mask)
+        mask = self.backbone_mask(attention_mask)
+        return self.forward_from(self.backbone.embed(input_ids, mask), attention_mask, start=0)
+
+    def forward_from(
+        self, x: torch.Tensor, attention_mask: torch.Tensor | None, start: int
+    ) -> torch.Tensor:
+        """Class logits from hidden states `x` entering block `start` (a frozen-prefix cache)."""
+        mask = self.backbone_mask(attention_mask)
+        hidden = self.backbone.ln_f(self.backbone.run_blocks(x, mask, start))
         return self.head(pool(hidden, attention_mask, self.pool_mode))
+
+    def prefix_states(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, stop: int
+    ) -> torch.Tensor:
+        """Hidden states entering block `stop`: what `forward_from(..., start=stop)` consumes."""
+        mask = self.backbone_mask(attention_mask)
+        return self.backbone.run_blocks(self.backbone.embed(input_ids, mask), mask, 0, stop)
+
+    def backbone_mask(self, attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+        # `last` is the book's mode: pads are ordinary tokens, so the backbone sees no mask.
+        return None if self.pool_mode == "last" else attention_mask
 
 
 def _last_n(spec: str) -> int | None:

@@ -54,6 +54,11 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
+    p.add_argument("--precision", default=d.precision, choices=["fp32", "bf16"],
+                   help="bf16: autocast with fp32 master weights")
+    p.add_argument("--device", default=d.device, help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--no-cache", dest="cache", action="store_false",
+                   help="recompute frozen lower blocks every step (default: cache them once)")
     p.add_argument(
         "--out", default="runs/latest", help="checkpoint directory (default runs/latest)"
     )

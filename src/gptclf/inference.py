@@ -1,15 +1,36 @@
-"""Batched forward passes without gradients: class probabilities and evaluation metrics."""
+"""Forward passes shared by training, evaluation and prediction: precision, device, prefix cache."""
 
 from __future__ import annotations
 
-from typing import Any
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
 
-from gptclf.batching import batches
+from gptclf.batching import Batch, batches
 from gptclf.classifier import SequenceClassifier
 from gptclf.metrics import classification_metrics
+
+if TYPE_CHECKING:
+    from gptclf.prefix_cache import PrefixCache
+
+Precision = Literal["fp32", "bf16"]
+
+
+def autocast(device: torch.device | str, precision: Precision) -> AbstractContextManager:
+    """bf16 autocast (fp32 master weights stay fp32) or a no-op for fp32."""
+    device_type = torch.device(device).type
+    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def batch_logits(
+    model: SequenceClassifier, batch: Batch, cache: PrefixCache | None = None
+) -> torch.Tensor:
+    """Class logits (B, C) for a batch already on the model's device."""
+    if cache is not None:
+        return cache.logits(model, batch)
+    return model(batch.input_ids, batch.attention_mask)
 
 
 @torch.inference_mode()
@@ -20,28 +41,36 @@ def predict_logits(
     batch_size: int,
     pad_id: int,
     length: int | None,
+    cache: PrefixCache | None = None,
+    precision: Precision = "fp32",
 ) -> torch.Tensor:
-    """Class logits (N, C) for already-encoded texts, in input order."""
+    """Class logits (N, C) for already-encoded texts, in input order (fp32, on the CPU)."""
     was_training = model.training
     model.eval()
-    out = []
-    for batch in batches(ids, [0] * len(ids), batch_size, pad_id, length):
-        out.append(model(batch.input_ids, batch.attention_mask).float())
+    device = model.head.weight.device
+    out = torch.empty(len(ids), model.head.out_features)
+    # Sorted by length so dynamic padding wastes little; results go back to input order.
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    for batch in batches([ids[i] for i in order], [0] * len(ids), batch_size, pad_id, length):
+        batch.indices = torch.tensor([order[j] for j in batch.indices.tolist()])  # input positions
+        with autocast(device, precision):
+            logits = batch_logits(model, batch.to(device), cache)
+        out[batch.indices] = logits.float().cpu()
     model.train(was_training)
-    return torch.cat(out) if out else torch.empty(0, model.head.out_features)
+    return out
 
 
 def evaluate(
     model: SequenceClassifier,
     ids: list[list[int]],
     labels: list[int],
-    *,
-    batch_size: int,
-    pad_id: int,
-    length: int | None,
+    **kwargs: Any,
 ) -> dict[str, Any]:
-    """Metrics (accuracy, precision, recall, f1, confusion matrix, n) plus the mean loss."""
-    logits = predict_logits(model, ids, batch_size=batch_size, pad_id=pad_id, length=length)
+    """Metrics (accuracy, precision, recall, f1, confusion matrix, n) plus the mean loss.
+
+    kwargs: those of `predict_logits`.
+    """
+    logits = predict_logits(model, ids, **kwargs)
     targets = torch.tensor(labels, dtype=torch.long)
     metrics = classification_metrics(labels, logits.argmax(-1).tolist(), model.head.out_features)
     metrics["loss"] = F.cross_entropy(logits, targets).item() if labels else float("nan")

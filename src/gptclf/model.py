@@ -211,11 +211,45 @@ class GPT(nn.Module):
             else:
                 nn.init.ones_(p)  # norm weights
 
-    def embed(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def embed(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Token (+ learned position) embeddings (B, T, d_model): the input of block 0."""
+        T = input_ids.shape[1]
+        if T > self.config.context_length:
+            raise ValueError(f"sequence length {T} exceeds context {self.config.context_length}")
         x = self.wte(input_ids)
         if self.wpe is not None:
-            x = x + self.wpe(positions)
+            x = x + self.wpe(self._positions(T, attention_mask, input_ids.device))
         return self.drop(x)
+
+    def run_blocks(
+        self,
+        x: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        start: int = 0,
+        stop: int | None = None,
+    ) -> torch.Tensor:
+        """Apply blocks[start:stop] to hidden states x (B, T, d_model).
+
+        Split so that frozen lower blocks can run once and be cached (see `prefix_cache.py`).
+        """
+        T = x.shape[1]
+        positions = self._positions(T, attention_mask, x.device)
+        attn_mask = (
+            None
+            if attention_mask is None
+            else attention_mask_to_bias(attention_mask, self.config.causal)
+        )
+        for block in self.h[start:stop]:
+            x = block(x, attn_mask, self.rope, positions)
+        return x
+
+    @staticmethod
+    def _positions(T: int, attention_mask: torch.Tensor | None, device) -> torch.Tensor:
+        if attention_mask is None:
+            return torch.arange(T, device=device)
+        return positions_from_mask(attention_mask)
 
     def hidden_states(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
@@ -225,19 +259,7 @@ class GPT(nn.Module):
         attention_mask (B, T), 1 = real token: pad keys are masked out and positions count real
         tokens only. Without it every token (pads included) is an ordinary token, as in the book.
         """
-        T = input_ids.shape[1]
-        if T > self.config.context_length:
-            raise ValueError(f"sequence length {T} exceeds context {self.config.context_length}")
-        if attention_mask is None:
-            positions = torch.arange(T, device=input_ids.device)
-            attn_mask = None
-        else:
-            positions = positions_from_mask(attention_mask)
-            attn_mask = attention_mask_to_bias(attention_mask, self.config.causal)
-        x = self.embed(input_ids, positions)
-        for block in self.h:
-            x = block(x, attn_mask, self.rope, positions)
-        return self.ln_f(x)
+        return self.ln_f(self.run_blocks(self.embed(input_ids, attention_mask), attention_mask))
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
