@@ -75,6 +75,8 @@ class _Handler(BaseHTTPRequestHandler):
         range_header = self.headers.get("Range")
         state.requests.append((self.command, path, range_header))
         file = state.root / state.redirect.get(path, path)
+        if file.is_dir():  # a directory URL serves its index.html (e.g. a PyPI simple index)
+            file = file / "index.html"
         if path in state.status or not file.is_file() or ".." in Path(path).parts:
             self.send_response(state.status.get(path, 404))
             self.send_header("Content-Length", "0")
@@ -104,6 +106,9 @@ class _Handler(BaseHTTPRequestHandler):
         payload = data[start : end + 1]
         self.send_response(code)
         self.send_header("Content-Length", str(len(payload)))
+        # pip only reads index pages served as HTML
+        html = file.suffix == ".html"
+        self.send_header("Content-Type", "text/html" if html else "application/octet-stream")
         if code == 206:
             self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
         if data:

