@@ -1,8 +1,9 @@
 import pytest
 
 from gptclf.data import load_dataset
+from gptclf.download import sha256_file
 from gptclf.errors import GptclfError
-from gptclf.tokenizer import GPT2_ENCODER_SHA256, Tokenizer, installed_gpt2_bpe_files, sha256_file
+from gptclf.tokenizer import GPT2_ENCODER_SHA256, Tokenizer, installed_gpt2_bpe_files
 
 
 @pytest.fixture(scope="module")

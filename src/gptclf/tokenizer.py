@@ -6,7 +6,6 @@ Never downloads anything itself: the caller resolves files (see `weights/registr
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers
 
+from gptclf.download import sha256_file
 from gptclf.errors import GptclfError
 
 GPT2_EOS = "<|endoftext|>"
@@ -104,14 +104,6 @@ def byte_level_bpe(
     backend.decoder = decoders.ByteLevel()
     backend.add_special_tokens(special_tokens)
     return backend
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def installed_gpt2_bpe_files() -> tuple[Path, Path] | None:
