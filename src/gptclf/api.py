@@ -1,20 +1,37 @@
-"""Python API over a saved classifier: the same code path the CLI (and later the server) uses."""
+"""Python API: train, load, predict, evaluate — the code path the CLI and the HTTP server use.
+
+clf = Classifier.train(data="reviews.csv", text_columns=["title", "body"], label_column="stars",
+                       model="gpt2-small", out="runs/reviews")   # same options as `gptclf train`
+clf = Classifier.load("runs/reviews")
+clf.predict(["great value", "broke after a week"])     # [Prediction(label, probability, ...)]
+clf.predict_file("new.csv", "scored.csv")              # streams; keeps the input columns
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from tqdm import tqdm
 
-from gptclf import batching
+from gptclf import batching, tables
 from gptclf.checkpoint import ClassifierInfo, load_classifier
 from gptclf.classifier import SequenceClassifier
-from gptclf.data import LabeledTexts
+from gptclf.data import DEFAULT_LABEL_COLUMN, DEFAULT_TEXT_COLUMNS, LabeledTexts, load_dataset
 from gptclf.errors import GptclfError
-from gptclf.inference import evaluate, predict_logits
+from gptclf.inference import predict_logits
+from gptclf.metrics import logit_metrics
 from gptclf.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+FILE_CHUNK_ROWS = 256  # rows read, classified and written at a time by predict_file
 
 
 @dataclass
@@ -28,39 +45,88 @@ class Prediction:
 class Classifier:
     """A trained classifier: `Classifier.load(DIR).predict(["text", ...])`."""
 
-    def __init__(self, model: SequenceClassifier, tokenizer: Tokenizer, info: ClassifierInfo):
+    def __init__(
+        self,
+        model: SequenceClassifier,
+        tokenizer: Tokenizer,
+        info: ClassifierInfo,
+        directory: Path | None = None,
+    ):
         self.model, self.tokenizer, self.info = model, tokenizer, info
+        self.directory = directory
 
     @classmethod
     def load(cls, directory: str | Path) -> Classifier:
-        return cls(*load_classifier(Path(directory)))
+        """Load a checkpoint directory written by `gptclf train` / `Classifier.train`."""
+        return cls(*load_classifier(Path(directory)), directory=Path(directory))
+
+    @classmethod
+    def train(cls, out: str | Path = "runs/latest", **options: Any) -> Classifier:
+        """Train like `gptclf train` (options = `TrainConfig` fields, e.g. data, text_columns,
+        label_column, model, epochs) into `out`, and return the best checkpoint, loaded."""
+        from gptclf.train import TrainConfig, fit
+
+        known = {f.name for f in dataclasses.fields(TrainConfig)} - {"out"}
+        if unknown := sorted(set(options) - known):
+            raise GptclfError(f"unknown training option(s) {unknown}; known: {sorted(known)}")
+        fit(TrainConfig(out=str(out), **options))
+        return cls.load(out)
 
     @property
     def labels(self) -> list[str]:
         return self.info.labels
 
+    @property
+    def text_columns(self) -> list[str]:
+        """The text column(s) it was trained on (the default for files to evaluate or predict)."""
+        return list(self.info.train_config.get("text_columns") or DEFAULT_TEXT_COLUMNS)
+
+    @property
+    def label_column(self) -> str:
+        return self.info.train_config.get("label_column") or DEFAULT_LABEL_COLUMN
+
+    @property
+    def truncation(self) -> str:
+        return self.info.train_config.get("truncation", "head")
+
+    @property
+    def metrics(self) -> dict[str, Any] | None:
+        """The run's metrics.json, if the directory has one."""
+        path = self.directory / "metrics.json" if self.directory else None
+        if path is None or not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except ValueError as exc:
+            raise GptclfError(f"unreadable {path}: {exc}") from None
+
     def _encode(self, texts: list[str]) -> list[list[int]]:
         for i, text in enumerate(texts):
             if not isinstance(text, str) or not text.strip():
                 raise GptclfError(f"text #{i + 1} is empty")
-        return batching.encode(self.tokenizer, texts, self.info.max_length)
+        return batching.encode(self.tokenizer, texts, self.info.max_length, self.truncation)
 
     def _pad_length(self) -> int | None:
         # Pad as in training: the stored length for longest/max_context, per batch for dynamic.
         return None if self.info.padding == "dynamic" else self.info.max_length
 
-    def predict_proba(self, texts: list[str], batch_size: int = 32) -> torch.Tensor:
-        """(N, num_classes) class probabilities."""
-        logits = predict_logits(
+    def _logits(self, texts: list[str], batch_size: int) -> torch.Tensor:
+        return predict_logits(
             self.model,
             self._encode(texts),
             batch_size=batch_size,
             pad_id=self.tokenizer.pad_id,
             length=self._pad_length(),
         )
-        return logits.softmax(dim=-1)
+
+    def predict_proba(self, texts: list[str], batch_size: int = 32) -> torch.Tensor:
+        """(N, num_classes) class probabilities, columns in the order of `labels`."""
+        return self._logits(texts, batch_size).softmax(dim=-1)
 
     def predict(self, texts: list[str], batch_size: int = 32) -> list[Prediction]:
+        """The most probable label of each text, with every class's probability."""
+        if isinstance(texts, str):
+            raise GptclfError("predict takes a list of texts, not one string")
         probs = self.predict_proba(texts, batch_size)
         out = []
         for text, row in zip(texts, probs.tolist(), strict=True):
@@ -72,8 +138,23 @@ class Classifier:
             )
         return out
 
-    def evaluate(self, data: LabeledTexts, batch_size: int = 32) -> dict[str, Any]:
-        """Metrics on labelled texts whose label names match the checkpoint's."""
+    def load_data(
+        self,
+        path: str | Path,
+        text_columns: list[str] | None = None,
+        label_column: str | None = None,
+    ) -> LabeledTexts:
+        """A labelled file, read with the columns it was trained on unless others are given."""
+        return load_dataset(
+            path, text_columns or self.text_columns, label_column or self.label_column
+        )
+
+    def evaluate(self, data: LabeledTexts, batch_size: int = 32, errors: int = 0) -> dict[str, Any]:
+        """Metrics on labelled texts whose label names match the checkpoint's.
+
+        ``errors=N`` adds ``errors``: the N most confident mistakes (highest probability given to
+        a wrong label), each with its row number, text, true and predicted label.
+        """
         index = {name: i for i, name in enumerate(self.labels)}
         # Integer labels (e.g. the 0/1 of `gptclf data split` files) are class indices.
         index.update({str(i): i for i in range(len(self.labels)) if str(i) not in index})
@@ -81,11 +162,98 @@ class Classifier:
         if unknown:
             raise GptclfError(f"labels {unknown} are not among the classifier's {self.labels}")
         labels = [index[data.label_names[y]] for y in data.labels]
-        return evaluate(
-            self.model,
-            self._encode(data.texts),
-            labels,
-            batch_size=batch_size,
-            pad_id=self.tokenizer.pad_id,
-            length=self._pad_length(),
-        )
+        logits = self._logits(data.texts, batch_size).numpy()
+        metrics = logit_metrics(logits, labels, self.labels)
+        if errors:
+            metrics["errors"] = most_confident_errors(
+                data.texts, labels, logits, self.labels, errors
+            )
+        return metrics
+
+    def predict_file(
+        self,
+        input: str | Path,
+        output: str | Path,
+        text_columns: list[str] | None = None,
+        batch_size: int = 32,
+        progress: bool = False,
+    ) -> dict[str, Any]:
+        """Classify every row of a CSV/TSV/JSONL/Parquet file into a CSV/TSV/JSONL file.
+
+        Rows are streamed in chunks of `FILE_CHUNK_ROWS`; the output keeps the input columns and
+        adds ``predicted_label``, ``predicted_probability`` and, per class, ``probability_<label>``
+        (JSONL: a ``probabilities`` object). Rows with an empty text keep empty predictions. The
+        output appears only once complete (temporary file, renamed). Returns counts.
+        """
+        tables.table_format(output, tables.WRITE_FORMATS)  # fail before reading anything
+        if Path(output).resolve() == Path(input).resolve():
+            raise GptclfError("--output must differ from --input")
+        wanted = text_columns or self.text_columns
+        rows = empty = 0
+        with tables.open_table(input) as table:
+            columns = tables.resolve_columns(table.columns, wanted, input)
+            jsonl = tables.table_format(output) == "jsonl"
+            added = ["predicted_label", "predicted_probability"]
+            added += ["probabilities"] if jsonl else [f"probability_{n}" for n in self.labels]
+            if clash := [c for c in added if c in table.columns]:
+                log.warning("input columns %s are replaced by the predictions", clash)
+            out_columns = [c for c in table.columns if c not in added] + added
+            bar = tqdm(
+                total=table.size, unit="B", unit_scale=True, desc="predict", disable=not progress
+            )
+            with bar, tables.TableWriter(output, out_columns) as writer:
+                chunk: list[tuple[dict[str, Any], str]] = []
+                for where, row in table:
+                    text = tables.row_text(row, columns, where, empty_ok=True)
+                    chunk.append((row, text))
+                    if len(chunk) == FILE_CHUNK_ROWS:
+                        empty += self._write_chunk(chunk, writer, jsonl, batch_size)
+                        rows += len(chunk)
+                        chunk = []
+                        bar.update(table.bytes_read - bar.n)
+                if chunk:
+                    empty += self._write_chunk(chunk, writer, jsonl, batch_size)
+                    rows += len(chunk)
+                bar.update(table.bytes_read - bar.n)
+        if empty:
+            log.warning("%d of %d rows have an empty text and were not classified", empty, rows)
+        return {"rows": rows, "empty": empty, "output": str(output)}
+
+    def _write_chunk(self, chunk, writer: tables.TableWriter, jsonl: bool, batch_size: int) -> int:
+        texts = [text for _, text in chunk if text]
+        probs = iter(self.predict_proba(texts, batch_size).tolist() if texts else [])
+        for row, text in chunk:
+            p = next(probs) if text else None
+            best = max(range(len(p)), key=p.__getitem__) if p else None
+            row = dict(row)
+            row["predicted_label"] = self.labels[best] if p else None
+            row["predicted_probability"] = p[best] if p else None
+            if jsonl:
+                row["probabilities"] = dict(zip(self.labels, p, strict=True)) if p else None
+            else:
+                for name, value in zip(self.labels, p or [None] * len(self.labels), strict=True):
+                    row[f"probability_{name}"] = value
+            writer.write(row)
+        return len(chunk) - len(texts)
+
+
+def most_confident_errors(
+    texts: list[str], labels: list[int], logits: np.ndarray, names: list[str], n: int
+) -> list[dict[str, Any]]:
+    """The `n` misclassified examples whose wrong prediction had the highest probability."""
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+    preds = probs.argmax(axis=1)
+    wrong = np.flatnonzero(preds != np.asarray(labels))
+    wrong = wrong[np.argsort(-probs[wrong, preds[wrong]], kind="stable")][:n]
+    return [
+        {
+            "row": int(i) + 1,
+            "text": texts[i],
+            "label": names[labels[i]],
+            "predicted": names[preds[i]],
+            "probability": float(probs[i, preds[i]]),
+            "probability_of_label": float(probs[i, labels[i]]),
+        }
+        for i in wrong
+    ]

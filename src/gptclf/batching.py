@@ -1,4 +1,5 @@
-"""Token ids -> padded batches: truncation, the three padding modes, shuffled batching.
+"""Token ids -> padded batches: truncation (head, tail, head+tail), the three padding modes,
+shuffled batching.
 
 Padding is always on the right (as in the book); every batch carries an attention mask
 (1 = real token) so pad-aware pooling and attention work in every mode.
@@ -20,6 +21,8 @@ log = logging.getLogger(__name__)
 
 PaddingMode = Literal["longest", "max_context", "dynamic"]
 PADDING_MODES = ("longest", "max_context", "dynamic")
+Truncation = Literal["head", "tail", "head+tail"]
+TRUNCATIONS = ("head", "tail", "head+tail")  # which tokens a too-long text keeps
 # Dynamic batches are padded to a multiple of this: a bounded set of shapes. oneDNN keeps a
 # primitive (with its own weight copies) per input shape; with every length distinct, bf16
 # training grew memory by ~850 MB on SmolLM2-135M. Costs at most 15 pad tokens per row.
@@ -40,16 +43,48 @@ class Batch:
         )
 
 
-def encode(tokenizer: Tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
-    """Token ids per text, truncated to `max_length` (counted, with a warning)."""
+def encode(
+    tokenizer: Tokenizer, texts: list[str], max_length: int, truncation: Truncation = "head"
+) -> list[list[int]]:
+    """Token ids per text, truncated to `max_length` by `truncate` (counted, with a warning)."""
+    return encode_with_lengths(tokenizer, texts, max_length, truncation)[0]
+
+
+def encode_with_lengths(
+    tokenizer: Tokenizer, texts: list[str], max_length: int, truncation: Truncation = "head"
+) -> tuple[list[list[int]], list[int]]:
+    """`encode`, and each text's token count before truncation."""
     ids = tokenizer.encode_batch(texts)
     for i, seq in enumerate(ids):
         if not seq:
             raise GptclfError(f"text #{i + 1} encodes to no tokens (empty text?)")
     truncated = sum(len(seq) > max_length for seq in ids)
     if truncated:
-        log.warning("%d of %d texts truncated to %d tokens", truncated, len(ids), max_length)
-    return [seq[:max_length] for seq in ids]
+        log.warning(
+            "%d of %d texts truncated to %d tokens (%s)",
+            truncated,
+            len(ids),
+            max_length,
+            truncation,
+        )
+    return [truncate(seq, max_length, truncation) for seq in ids], [len(seq) for seq in ids]
+
+
+def truncate(seq: list[int], max_length: int, truncation: Truncation = "head") -> list[int]:
+    """At most `max_length` tokens: the first (head), the last (tail), or the first half and
+    the last half (head+tail: openings and conclusions both carry the label in long reviews)."""
+    if len(seq) <= max_length:
+        return seq
+    if truncation == "head":
+        return seq[:max_length]
+    if truncation == "tail":
+        return seq[len(seq) - max_length :]
+    if truncation == "head+tail":
+        head = (max_length + 1) // 2
+        return seq[:head] + seq[len(seq) - (max_length - head) :]
+    raise GptclfError(
+        f"unknown truncation {truncation!r}; expected one of {', '.join(TRUNCATIONS)}"
+    )
 
 
 def pad_length(mode: PaddingMode, train_ids: list[list[int]], context_length: int) -> int | None:

@@ -1,7 +1,7 @@
 """A trained classifier as one self-describing directory.
 
     DIR/config.json          format version, model config, base-model source, labels, pooling,
-                             padding, max length, the training config
+                             padding, max length, the training config, LoRA adapters (if any)
     DIR/tokenizer.json       the tokenizer (+ tokenizer_meta.json: eos/pad tokens)
     DIR/model.safetensors    all classifier weights (backbone.* + head.*)
     DIR/metrics.json         written by training
@@ -25,7 +25,8 @@ from safetensors.torch import load_file, save_file
 from gptclf.classifier import SequenceClassifier
 from gptclf.config import ModelConfig
 from gptclf.errors import GptclfError
-from gptclf.model import GPT
+from gptclf.lm import build_backbone
+from gptclf.lora import apply_lora
 from gptclf.tokenizer import Tokenizer
 
 FORMAT = "gptclf-classifier"
@@ -44,6 +45,7 @@ class ClassifierInfo:
     max_length: int  # tokens kept per text; with padding=longest also the padded length
     base: dict[str, Any] = field(default_factory=dict)
     train_config: dict[str, Any] = field(default_factory=dict)
+    lora: dict[str, Any] | None = None  # `apply_lora` keyword arguments; None = no adapters
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -56,6 +58,7 @@ class ClassifierInfo:
             "max_length": self.max_length,
             "base": self.base,
             "train_config": self.train_config,
+            "lora": self.lora,
         }
 
     @classmethod
@@ -72,6 +75,7 @@ class ClassifierInfo:
             max_length=int(data["max_length"]),
             base=data.get("base", {}),
             train_config=data.get("train_config", {}),
+            lora=data.get("lora"),
         )
 
 
@@ -127,7 +131,10 @@ def load_classifier(directory: Path) -> tuple[SequenceClassifier, Tokenizer, Cla
     except (SafetensorError, OSError, ValueError) as exc:
         raise GptclfError(f"corrupt weights {directory / WEIGHTS_FILE}: {exc}") from None
     with torch.device("meta"):
-        model = SequenceClassifier(GPT(info.model_config), len(info.labels), info.pool)
+        backbone = build_backbone(info.model_config)
+        model = SequenceClassifier(backbone, len(info.labels), info.pool)
+        if info.lora:  # rebuild the adapters so their saved weights have somewhere to go
+            apply_lora(model, **info.lora)
     expected = model.state_dict()
     if set(expected) != set(state) or any(state[k].shape != expected[k].shape for k in expected):
         bad = sorted(set(expected) ^ set(state)) or [

@@ -14,12 +14,13 @@ import torch
 from torch import nn
 
 from gptclf.errors import GptclfError
+from gptclf.lora import mark_trainable
 
 log = logging.getLogger(__name__)
 
-PoolMode = Literal["last", "last_real", "first", "mean"]
-POOL_MODES = ("last", "last_real", "first", "mean")
-TRAINABLE_HELP = "head | last_block | last_two_blocks | last_N (e.g. last_4) | all"
+PoolMode = Literal["last", "last_real", "first", "cls", "mean"]
+POOL_MODES = ("last", "last_real", "first", "cls", "mean")
+TRAINABLE_HELP = "head | last_block | last_two_blocks | last_N (e.g. last_4) | all | lora"
 
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, mode: PoolMode) -> torch.Tensor:
@@ -28,11 +29,12 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, mode: PoolMo
     last:      the last position, pads included (the book's chapter 6).
     last_real: the last real token, from the mask — right or left padding, and pad id == eos id.
     first:     position 0 (with left padding that is a pad: prefer right padding for `first`).
+    cls:       alias of `first` (BERT's [CLS] token).
     mean:      mean over real tokens.
     """
     if mode == "last":
         return hidden[:, -1]
-    if mode == "first":
+    if mode in ("first", "cls"):
         return hidden[:, 0]
     if attention_mask is None:
         attention_mask = torch.ones(hidden.shape[:2], dtype=torch.long, device=hidden.device)
@@ -107,11 +109,14 @@ def set_trainable(model: SequenceClassifier, spec: str) -> tuple[int, int]:
     """Freeze everything, then unfreeze by `spec`; returns (trainable, total) parameter counts.
 
     head: the class head only. last_N: the last N blocks + the final norm + head (the book trains
-    the final norm with the last block). all: everything.
+    the final norm with the last block). all: everything. lora: the LoRA adapters + head (after
+    `lora.apply_lora`).
     """
     for p in model.parameters():
         p.requires_grad = spec == "all"
-    if spec != "all":
+    if spec == "lora":
+        mark_trainable(model)
+    elif spec != "all":
         n = 0 if spec == "head" else _last_n(spec)
         blocks = model.backbone.h
         if n is None:

@@ -10,17 +10,22 @@ import os
 import sys
 from pathlib import Path
 
-from gptclf.batching import PADDING_MODES
+from gptclf.batching import PADDING_MODES, TRUNCATIONS
 from gptclf.classifier import POOL_MODES, TRAINABLE_HELP
+from gptclf.data import BALANCE_MODES, SPLIT_MODES
 from gptclf.errors import GptclfError
+from gptclf.lora import LORA_SCALINGS, LORA_TARGETS
 
 log = logging.getLogger("gptclf")
 
 
-def add_train_args(p: argparse.ArgumentParser) -> None:
-    from gptclf.train import TrainConfig
+def add_train_args(p: argparse.ArgumentParser, recipe: str = "book") -> None:
+    from gptclf.train import RECIPES, TrainConfig
 
-    d = TrainConfig()
+    # A recipe only changes the defaults: flags given explicitly still win.
+    d = TrainConfig(**RECIPES.get(recipe, {}))
+    p.add_argument("--recipe", default="book", choices=sorted(RECIPES),
+                   help="named defaults: book (chapter 6) or smollm2 (the main job)")
     p.add_argument(
         "--model", default=d.model, help="model name (see `gptclf models`) or HF directory"
     )
@@ -28,10 +33,41 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--data",
         default=d.data,
-        help="sms-spam | sms-spam-uci | a .csv/.tsv with Label,Text | a split directory",
+        help="sms-spam | sms-spam-uci | a .csv/.tsv/.jsonl/.parquet file | a split directory",
     )
-    p.add_argument("--split", default=d.split, choices=["book", "stratified"])
+    add_column_args(p)
+    p.add_argument(
+        "--validation", metavar="FILE", help="validation file; if not given: split off --data"
+    )
+    p.add_argument("--test", metavar="FILE", help="test file; if not given: split off --data")
+    p.add_argument(
+        "--split",
+        default=d.split,
+        choices=SPLIT_MODES,
+        help="auto: book on sms-spam, else stratified (with --seed)",
+    )
+    p.add_argument(
+        "--balance",
+        default=d.balance,
+        choices=BALANCE_MODES,
+        help="undersample: cut every class of the training split to the rarest one's size",
+    )
+    p.add_argument(
+        "--class-weights",
+        default=d.class_weights,
+        metavar="auto|none|W1,W2,...",
+        help="cross-entropy weights per class (auto: inverse class frequency)",
+    )
     p.add_argument("--trainable", default=d.trainable, help=TRAINABLE_HELP)
+    p.add_argument("--lora-rank", type=int, default=d.lora_rank, help="with --trainable lora")
+    p.add_argument("--lora-alpha", type=float, default=d.lora_alpha)
+    p.add_argument("--lora-targets", default=d.lora_targets, choices=LORA_TARGETS)
+    p.add_argument(
+        "--lora-scaling",
+        default=d.lora_scaling,
+        choices=LORA_SCALINGS,
+        help="update scale: alpha/rank (default) or alpha (the book's bonus code)",
+    )
     p.add_argument("--pool", default=d.pool, choices=POOL_MODES)
     p.add_argument("--padding", default=d.padding, choices=PADDING_MODES)
     p.add_argument(
@@ -46,6 +82,12 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
         type=int,
         default=d.max_length,
         help="tokens kept per text (default: the model's context)",
+    )
+    p.add_argument(
+        "--truncation",
+        default=d.truncation,
+        choices=TRUNCATIONS,
+        help="which tokens a longer text keeps (head+tail: the first and the last half)",
     )
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
@@ -71,12 +113,36 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
         "--out", default="runs/latest", help="checkpoint directory (default runs/latest)"
     )
     p.add_argument(
+        "--no-report",
+        dest="report",
+        action="store_false",
+        help="no plots or report.md in the checkpoint directory",
+    )
+    p.add_argument(
         "--no-progress",
         dest="progress",
         action="store_false",
         default=sys.stderr.isatty(),
         help="no progress bar (default when not a terminal)",
     )
+
+
+def add_column_args(p: argparse.ArgumentParser, default: str | None = None, label=True) -> None:
+    """--text-column (one or several) and --label-column; `default` describes the defaults."""
+    p.add_argument(
+        "--text-column",
+        dest="text_columns",
+        nargs="+",
+        action="extend",
+        metavar="COLUMN",
+        help=f"text column(s), several joined by a newline; if not given: {default or 'Text'}",
+    )
+    if label:
+        p.add_argument(
+            "--label-column",
+            metavar="COLUMN",
+            help=f"label column; if not given: {default or 'Label'}",
+        )
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -90,6 +156,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         for name in ("train", "validation", "test")
     }
     summary.update(
+        labels=metrics["labels"],
+        truncated=metrics["truncated"],
         train_seconds=round(metrics["train_seconds"], 1),
         trainable_params=metrics["trainable_params"],
         out=cfg.out,
@@ -100,16 +168,18 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from gptclf.api import Classifier
-    from gptclf.data import load_dataset, load_splits
+    from gptclf.data import splits_from_config
 
+    if args.errors < 0:
+        raise GptclfError("--errors must be at least 0")
     clf = Classifier.load(args.checkpoint)
     if args.data:
-        result = clf.evaluate(load_dataset(args.data), batch_size=args.batch_size)
+        data = clf.load_data(args.data, args.text_columns, args.label_column)
+        result = clf.evaluate(data, batch_size=args.batch_size, errors=args.errors)
     else:  # the splits the checkpoint was trained on
-        tc = clf.info.train_config
-        splits = load_splits(tc["data"], tc["split"], seed=tc["seed"])
+        splits = splits_from_config(clf.info.train_config)
         result = {
-            name: clf.evaluate(split, batch_size=args.batch_size)
+            name: clf.evaluate(split, batch_size=args.batch_size, errors=args.errors)
             for name, split in zip(("train", "validation", "test"), splits, strict=True)
         }
     print(json.dumps(result, indent=2))
@@ -119,6 +189,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from gptclf.api import Classifier
 
+    if args.input or args.output:
+        if not (args.input and args.output) or args.texts:
+            raise GptclfError("--input FILE and --output FILE go together, without texts")
+        clf = Classifier.load(args.checkpoint)
+        summary = clf.predict_file(
+            args.input,
+            args.output,
+            text_columns=args.text_columns,
+            batch_size=args.batch_size,
+            progress=args.progress,
+        )
+        print(json.dumps(summary))
+        return 0
     clf = Classifier.load(args.checkpoint)
     texts = args.texts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
     if not texts:
@@ -138,10 +221,24 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from gptclf.server import Limits, serve
+
+    limits = Limits(max_texts=args.max_texts, max_chars=args.max_chars)
+    serve(args.checkpoint, args.host, args.port, limits, batch_size=args.batch_size)
+    return 0
+
+
 def cmd_data_split(args: argparse.Namespace) -> int:
     from gptclf.data import load_splits, write_split
 
-    splits = load_splits(args.data, args.split, seed=args.seed)
+    splits = load_splits(
+        args.data,
+        args.split,
+        seed=args.seed,
+        text_columns=args.text_columns,
+        label_column=args.label_column,
+    )
     write_split(Path(args.out), *splits)
     sizes = {name: len(s) for name, s in zip(("train", "validation", "test"), splits, strict=True)}
     print(json.dumps({"out": args.out, **sizes}))
@@ -165,32 +262,112 @@ def cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def cmd_experiments_list(args: argparse.Namespace) -> int:
+    from gptclf.experiments.configs import EXPERIMENTS
+    from gptclf.experiments.runner import skip_reason
+
+    print(f"{'name':29s} {'question':12s} {'min/seed':>8s}  label [why it is skipped here]")
+    minutes = 0.0
+    for e in EXPERIMENTS.values():
+        reason = skip_reason(e)
+        if reason is None:
+            minutes += e.cpu_minutes or 0.0
+        cost = "-" if e.cpu_minutes is None else f"{e.cpu_minutes:g}"
+        skipped = f" [{reason}]" if reason else ""
+        print(f"{e.name:29s} {e.question:12s} {cost:>8s}  {e.label}{skipped}")
+    print(f"runnable here: about {minutes:.0f} min per seed (estimated for a 2-core CPU)")
+    return 0
+
+
+def cmd_experiments_run(args: argparse.Namespace) -> int:
+    from gptclf.experiments.runner import parse_seeds, run
+
+    if args.all == bool(args.names):
+        raise GptclfError("give experiment names or --all (see `gptclf experiments list`)")
+    outcomes = run("all" if args.all else args.names, parse_seeds(args.seeds), args.results)
+    for o in outcomes:
+        line = {"name": o.name, "seed": o.seed, "status": o.status, "path": str(o.path)}
+        for key, value in (("test_accuracy", o.test_accuracy), ("reason", o.reason)):
+            if value is not None:
+                line[key] = value
+        print(json.dumps(line))
+    return 1 if any(o.status == "failed" for o in outcomes) else 0
+
+
+def cmd_experiments_report(args: argparse.Namespace) -> int:
+    from gptclf.experiments.report import write
+
+    for path in write(args.results, args.out):
+        print(path)
+    return 0
+
+
+def build_parser(recipe: str = "book") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gptclf", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="finetune a classifier and evaluate it")
-    add_train_args(p)
+    p = sub.add_parser("train", help="finetune a classifier and evaluate it",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_train_args(p, recipe)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="print metrics of a saved classifier as JSON")
     p.add_argument("checkpoint")
-    p.add_argument("--data", help="labelled .csv/.tsv (default: the splits it was trained on)")
+    p.add_argument(
+        "--data", help="labelled .csv/.tsv/.jsonl/.parquet (default: the splits it was trained on)"
+    )
+    add_column_args(p, "the training columns")
+    p.add_argument(
+        "--errors", type=int, default=0, metavar="N", help="list the N most confident mistakes"
+    )
     p.add_argument("--batch-size", type=int, default=32)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("predict", help="classify texts (arguments, or one per line on stdin)")
+    p = sub.add_parser(
+        "predict", help="classify texts (arguments, one per line on stdin, or --input FILE)"
+    )
     p.add_argument("checkpoint")
     p.add_argument("texts", nargs="*")
+    p.add_argument(
+        "--input", metavar="FILE", help=".csv/.tsv/.jsonl/.parquet to classify, streamed"
+    )
+    p.add_argument(
+        "--output",
+        metavar="FILE",
+        help=".csv/.tsv/.jsonl: the input columns + label + probabilities",
+    )
+    add_column_args(p, "the training columns", label=False)
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_false",
+        default=sys.stderr.isatty(),
+        help="no progress bar (default when not a terminal)",
+    )
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("serve", help="HTTP JSON service: POST /classify, GET /health, GET /info")
+    p.add_argument("checkpoint")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-texts", type=int, default=64, help="texts per request (413 above)")
+    p.add_argument(
+        "--max-chars",
+        type=int,
+        default=100_000,
+        help="characters per request, all texts (413 above)",
+    )
+    p.add_argument("--batch-size", type=int, default=32)
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("data", help="dataset utilities")
     data_sub = p.add_subparsers(dest="data_command", required=True)
     p = data_sub.add_parser("split", help="write train/validation/test.csv (Label,Text)")
     p.add_argument("--data", default="sms-spam")
-    p.add_argument("--split", default="book", choices=["book", "stratified"])
+    add_column_args(p)
+    p.add_argument("--split", default="book", choices=SPLIT_MODES)
     p.add_argument("--seed", type=int, default=123)
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_data_split)
@@ -200,11 +377,28 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("download", help="fetch a known model's weights into the cache")
     p.add_argument("name")
     p.set_defaults(func=cmd_download)
+
+    p = sub.add_parser("experiments", help="the results table: named runs, cached, and the report")
+    exp_sub = p.add_subparsers(dest="experiments_command", required=True)
+    p = exp_sub.add_parser("list", help="named experiments, estimated CPU minutes, availability")
+    p.set_defaults(func=cmd_experiments_list)
+    p = exp_sub.add_parser("run", help="run experiments for each seed, skipping cached results")
+    p.add_argument("names", nargs="*", metavar="NAME", help="experiment names (`experiments list`)")
+    p.add_argument("--all", action="store_true", help="every named experiment")
+    p.add_argument("--seeds", default="123,124,125", help="comma-separated (default 123,124,125)")
+    p.add_argument("--results", metavar="DIR", help="result cache (default experiments/results)")
+    p.set_defaults(func=cmd_experiments_run)
+    p = exp_sub.add_parser("report", help="regenerate docs/RESULTS.md + charts from the results")
+    p.add_argument("--results", metavar="DIR", help="result cache (default experiments/results)")
+    p.add_argument("--out", metavar="FILE", help="Markdown file (default docs/RESULTS.md)")
+    p.set_defaults(func=cmd_experiments_report)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--recipe", default="book")
+    args = build_parser(pre.parse_known_args(argv)[0].recipe).parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",

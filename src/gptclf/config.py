@@ -2,6 +2,7 @@
 
 GPT-2 and Llama-style models differ only by the switches below (norm, MLP, positions, bias,
 grouped-query attention, tied head); `model.py` reads them, never the preset name.
+`arch="bert"` selects the post-norm encoder of `encoder.py` (same fields, plus token types).
 """
 
 from __future__ import annotations
@@ -26,13 +27,15 @@ class ModelConfig:
     head_dim: int | None = None  # None = d_model // n_head
     norm: Literal["layernorm", "rmsnorm"] = "layernorm"
     norm_eps: float = 1e-5
-    mlp: Literal["gelu_tanh", "swiglu"] = "gelu_tanh"
+    mlp: Literal["gelu_tanh", "swiglu", "gelu"] = "gelu_tanh"  # gelu = exact (erf): BERT
     positions: Literal["learned", "rope"] = "learned"
     rope_theta: float = 10000.0
     bias: bool = True  # bias on the attention and MLP projections (GPT-2 yes, Llama no)
     tie_embeddings: bool = True  # LM head shares the token embedding matrix
     causal: bool = True  # False: every token attends to every (non-pad) token
     dropout: float = 0.0  # 0.0 for finetuning, as in the book's chapter 6
+    arch: Literal["decoder", "bert"] = "decoder"  # bert: post-norm encoder (encoder.py)
+    type_vocab_size: int = 0  # bert: token type (segment) embeddings
 
     def __post_init__(self) -> None:
         if self.n_kv_head is None:
@@ -51,8 +54,9 @@ class ModelConfig:
             )
         for field, allowed in (
             ("norm", ("layernorm", "rmsnorm")),
-            ("mlp", ("gelu_tanh", "swiglu")),
+            ("mlp", ("gelu_tanh", "swiglu", "gelu")),
             ("positions", ("learned", "rope")),
+            ("arch", ("decoder", "bert")),
         ):
             if getattr(self, field) not in allowed:
                 raise GptclfError(
@@ -60,6 +64,13 @@ class ModelConfig:
                 )
         if not 0.0 <= self.dropout < 1.0:
             raise GptclfError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.arch == "bert":
+            fixed = {"norm": "layernorm", "mlp": "gelu", "positions": "learned"}
+            if any(getattr(self, k) != v for k, v in fixed.items()) or self.type_vocab_size < 1:
+                raise GptclfError(f"arch bert needs {fixed} and type_vocab_size >= 1")
+            self.causal = False  # an encoder is bidirectional: the causal switch is for decoders
+        elif self.mlp == "gelu":
+            raise GptclfError("mlp 'gelu' (erf) is implemented by the bert encoder only")
 
     @classmethod
     def from_name(cls, name: str, **overrides: Any) -> ModelConfig:
@@ -123,6 +134,20 @@ PRESETS: dict[str, dict[str, Any]] = {
         "d_model": 32,
         "d_ff": 64,
         "rope_theta": 10000.0,
+    },
+    # https://huggingface.co/sentence-transformers/all-MiniLM-L6-v2: config.json (a BERT encoder)
+    "minilm-l6": {
+        "arch": "bert",
+        "vocab_size": 30522,
+        "context_length": 512,
+        "n_layer": 6,
+        "n_head": 12,
+        "d_model": 384,
+        "d_ff": 1536,
+        "norm_eps": 1e-12,
+        "mlp": "gelu",
+        "type_vocab_size": 2,
+        "tie_embeddings": False,
     },
 }
 ALIASES = {"gpt2": "gpt2-small"}

@@ -1,9 +1,11 @@
 """Labelled text datasets and their train/validation/test splits (no tokenization here).
 
-Sources: the bundled SMS Spam Collection v.1, the same file from UCI, or a user CSV/TSV file
-with columns ``Label,Text``. ``split_book`` reproduces the split of Raschka, *Build a Large
-Language Model (From Scratch)*, ch. 6 row for row; ``write_split`` writes it as the book's
-``train.csv``, ``validation.csv`` and ``test.csv`` (byte-identical to pandas' ``to_csv``).
+Sources: the bundled SMS Spam Collection v.1, the same file from UCI, or a user table (CSV, TSV,
+JSONL, Parquet; read by ``tables.py``) with any text column(s) and label column (default ``Text``
+and ``Label``). ``split_book`` reproduces the split of Raschka, *Build a Large Language Model (From
+Scratch)*, ch. 6 row for row; ``write_split`` writes it as the book's ``train.csv``,
+``validation.csv`` and ``test.csv`` (byte-identical to pandas' ``to_csv``). ``split_stratified``
+keeps class ratios; ``undersample`` and ``class_weights`` handle imbalanced training data.
 """
 
 from __future__ import annotations
@@ -20,10 +22,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from gptclf import tables
 from gptclf.errors import GptclfError
 
 if TYPE_CHECKING:
@@ -34,10 +37,14 @@ logger = logging.getLogger(__name__)
 SMS_SPAM_URL = "https://archive.ics.uci.edu/static/public/228/sms+spam+collection.zip"
 SMS_SPAM_FILE = "SMSSpamCollection"
 SMS_SPAM_LABELS = ["ham", "spam"]
-KNOWN_DATASETS = "sms-spam, sms-spam-uci, or a path to a .csv/.tsv file"
+BUNDLED_DATASETS = ("sms-spam", "sms-spam-uci")
+KNOWN_DATASETS = "sms-spam, sms-spam-uci, or a path to a .csv/.tsv/.jsonl/.parquet file"
 SPLIT_NAMES = ("train", "validation", "test")
+SPLIT_MODES = ("auto", "book", "stratified")  # auto: book on the SMS data, else stratified
+BALANCE_MODES = ("none", "undersample")
 LABEL_NAMES_FILE = "label_names.json"  # beside the split CSVs, whose labels are 0/1
-_DELIMITERS = {".csv": ",", ".tsv": "\t"}
+DEFAULT_TEXT_COLUMNS = ("Text",)
+DEFAULT_LABEL_COLUMN = "Label"
 _MAX_MEMBER_BYTES = 50 * 2**20  # the real member is 478 kB; refuse zip bombs
 
 
@@ -109,21 +116,27 @@ def download_sms_spam() -> Path:
     return target
 
 
-def load_dataset(name: str | Path) -> LabeledTexts:
-    """Load ``"sms-spam"`` (bundled), ``"sms-spam-uci"`` (downloaded) or a ``.csv``/``.tsv`` file.
+def load_dataset(
+    name: str | Path,
+    text_columns: Sequence[str] | None = None,
+    label_column: str | None = None,
+) -> LabeledTexts:
+    """Load ``"sms-spam"`` (bundled), ``"sms-spam-uci"`` (downloaded) or a table file.
 
-    A file needs a header with columns ``Label`` and ``Text``. Integer labels are class indices,
-    named by a ``label_names.json`` list beside the file if there is one, else ``"0"``, ``"1"``,
-    ... up to the largest; other labels are names, numbered in sorted order.
+    A file (CSV, TSV, JSONL, Parquet) needs a header with the label column (default ``Label``) and
+    the text column(s) (default ``Text``; several are joined by a newline); names match exactly,
+    else case-insensitively. Integer labels (``1``, ``1.0``) are named by their value and ordered
+    numerically, or, with a ``label_names.json`` list beside the file (``write_split``), are class
+    indices into it; other labels are names, numbered in sorted order.
     """
     if name == "sms-spam":
         return read_sms_spam()
     if name == "sms-spam-uci":
         return read_sms_spam(download_sms_spam())
     path = Path(name)
-    if path.suffix.lower() not in _DELIMITERS:
+    if path.suffix.lower() not in tables.FORMATS:
         raise GptclfError(f"unknown dataset {str(name)!r}, known: {KNOWN_DATASETS}")
-    return _read_table(path)
+    return _read_table(path, text_columns, label_column)
 
 
 def read_split_file(path: Path) -> LabeledTexts:
@@ -132,22 +145,108 @@ def read_split_file(path: Path) -> LabeledTexts:
 
 
 def load_splits(
-    data: str | Path, split: str = "book", seed: int = 123
+    data: str | Path,
+    split: str = "auto",
+    seed: int = 123,
+    *,
+    text_columns: Sequence[str] | None = None,
+    label_column: str | None = None,
+    validation: str | Path | None = None,
+    test: str | Path | None = None,
+    balance: str = "none",
 ) -> tuple[LabeledTexts, LabeledTexts, LabeledTexts]:
     """Train, validation and test sets from ``data``.
 
-    A directory written by ``write_split`` is read back as is; anything else is loaded with
-    ``load_dataset`` and split by ``split`` (``"book"`` or ``"stratified"``) with ``seed``.
+    A directory written by ``write_split`` is read back as is. Otherwise ``data`` is loaded with
+    ``load_dataset`` and split by ``split`` with ``seed``: ``book``, ``stratified``, or ``auto``
+    (book on the SMS data, else stratified). Given ``validation`` and/or ``test`` files, those are
+    used instead and only what is missing is split off ``data`` (stratified); their labels must
+    all occur in ``data``. ``balance="undersample"`` then undersamples the training set only.
     """
+    if balance not in BALANCE_MODES:
+        raise GptclfError(f"unknown balance {balance!r}, known: {', '.join(BALANCE_MODES)}")
     path = Path(data)
-    if str(data) not in ("sms-spam", "sms-spam-uci") and path.is_dir():
-        train, val, test = (read_split_file(path / f"{name}.csv") for name in SPLIT_NAMES)
-        return train, val, test
-    if split == "book":
-        return split_book(load_dataset(data), seed=seed)
-    if split == "stratified":
-        return split_stratified(load_dataset(data), seed=seed)
-    raise GptclfError(f"unknown split {split!r}, known: book, stratified")
+    if str(data) not in BUNDLED_DATASETS and path.is_dir():
+        splits = [read_split_file(path / f"{name}.csv") for name in SPLIT_NAMES]
+    elif validation is not None or test is not None:
+        full = load_dataset(data, text_columns, label_column)
+        given = [
+            None
+            if f is None
+            else align_labels(load_dataset(f, text_columns, label_column), full.label_names, str(f))
+            for f in (validation, test)
+        ]
+        if given[0] is None:  # only a test file: split validation off, 7:1
+            fractions = (0.7 / 0.8, 0.1 / 0.8, 0.0)
+        elif given[1] is None:  # only a validation file: split test off, 7:2
+            fractions = (0.7 / 0.9, 0.0, 0.2 / 0.9)
+        else:
+            fractions = (1.0, 0.0, 0.0)
+        splits = list(split_stratified(full, fractions, seed=seed))
+        splits[1:] = [g if g is not None else s for g, s in zip(given, splits[1:], strict=True)]
+    else:
+        if split == "auto":
+            split = "book" if str(data) in BUNDLED_DATASETS else "stratified"
+        if split not in ("book", "stratified"):
+            raise GptclfError(f"unknown split {split!r}, known: {', '.join(SPLIT_MODES)}")
+        full = load_dataset(data, text_columns, label_column)
+        splitter = split_book if split == "book" else split_stratified
+        splits = list(splitter(full, seed=seed))
+    splits[1:] = [
+        align_labels(s, splits[0].label_names, name)
+        for s, name in zip(splits[1:], SPLIT_NAMES[1:], strict=True)
+    ]
+    check_splits(*splits)
+    if balance == "undersample":
+        from gptclf.balance import undersample
+
+        splits[0] = undersample(splits[0], seed=seed)
+    return splits[0], splits[1], splits[2]
+
+
+def splits_from_config(cfg: dict[str, Any]) -> tuple[LabeledTexts, LabeledTexts, LabeledTexts]:
+    """The splits a training config describes (`TrainConfig` as a dict, e.g. a checkpoint's)."""
+    return load_splits(
+        cfg["data"],
+        cfg.get("split", "book"),  # checkpoints from before "auto" always name their split
+        seed=cfg.get("seed", 123),
+        text_columns=cfg.get("text_columns"),
+        label_column=cfg.get("label_column"),
+        validation=cfg.get("validation"),
+        test=cfg.get("test"),
+        balance=cfg.get("balance", "none"),
+    )
+
+
+def align_labels(data: LabeledTexts, names: list[str], source: str) -> LabeledTexts:
+    """``data`` with its labels renumbered by ``names``; a label not in ``names`` is an error."""
+    if data.label_names == names:
+        return data
+    unknown = sorted({data.label_names[y] for y in data.labels} - set(names))
+    if unknown:
+        raise GptclfError(
+            f"{source}: label(s) {', '.join(map(repr, unknown))} do not occur in the training data "
+            f"(its labels: {', '.join(names)})"
+        )
+    index = {name: i for i, name in enumerate(names)}
+    return LabeledTexts(data.texts, [index[data.label_names[y]] for y in data.labels], list(names))
+
+
+def check_splits(train: LabeledTexts, val: LabeledTexts, test: LabeledTexts) -> None:
+    """Errors for splits no classifier can be trained or chosen on; warnings for weak ones."""
+    for name, split in zip(SPLIT_NAMES, (train, val, test), strict=True):
+        if not len(split):
+            raise GptclfError(f"the {name} split is empty: give more rows or a --{name} file")
+    counts = np.bincount(train.labels, minlength=len(train.label_names))
+    present = [train.label_names[c] for c in np.flatnonzero(counts)]
+    if len(present) < 2:
+        raise GptclfError(
+            f"the training data has a single class ({present[0]!r}); a classifier needs at least 2"
+        )
+    if missing := [train.label_names[c] for c in np.flatnonzero(counts == 0)]:
+        logger.warning("classes with no training example (never predicted well): %s", missing)
+    if rare := [train.label_names[c] for c in np.flatnonzero((counts > 0) & (counts < 5))]:
+        logger.warning("classes with fewer than 5 training examples: %s", rare)
 
 
 def split_book(
@@ -245,20 +344,26 @@ def _allocate(n: int, fractions: Sequence[float]) -> list[int]:
     return counts
 
 
-def _read_table(path: Path) -> LabeledTexts:
-    """Read a headed CSV/TSV file with ``Label`` and ``Text`` columns (others are ignored)."""
-    delimiter = _DELIMITERS.get(path.suffix.lower(), ",")
-    raw_labels, texts = _parse(_read_bytes(path), str(path), delimiter)
+def _read_table(
+    path: Path, text_columns: Sequence[str] | None = None, label_column: str | None = None
+) -> LabeledTexts:
+    """Read a headed table with a label column and text column(s) (other columns are ignored)."""
+    texts, raw_labels = tables.read_labeled(
+        path, text_columns or DEFAULT_TEXT_COLUMNS, label_column or DEFAULT_LABEL_COLUMN
+    )
     try:
         labels = [int(y) for y in raw_labels]
     except ValueError:
         label_names = sorted(set(raw_labels))
-        return LabeledTexts(texts, [label_names.index(y) for y in raw_labels], label_names)
+        index = {name: i for i, name in enumerate(label_names)}
+        return LabeledTexts(texts, [index[y] for y in raw_labels], label_names)
+    names_file = path.parent / LABEL_NAMES_FILE
+    if not names_file.is_file():  # integers name the classes, in numeric order
+        values = sorted(set(labels))
+        index = {v: i for i, v in enumerate(values)}
+        return LabeledTexts(texts, [index[y] for y in labels], [str(v) for v in values])
     if min(labels) < 0:
         raise GptclfError(f"{path}: negative integer label {min(labels)}")
-    names_file = path.parent / LABEL_NAMES_FILE
-    if not names_file.is_file():
-        return LabeledTexts(texts, labels, [str(i) for i in range(max(labels) + 1)])
     try:
         names = json.loads(names_file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
@@ -269,33 +374,21 @@ def _read_table(path: Path) -> LabeledTexts:
 
 
 def _parse(
-    raw: bytes, source: str, delimiter: str, header: list[str] | None = None
+    raw: bytes, source: str, delimiter: str, header: list[str]
 ) -> tuple[list[str], list[str]]:
-    """Labels and texts of a delimited file (header from the first row unless given).
+    """Labels and texts of the SMS file (``header`` names its two columns).
 
-    Quotes and blank lines are handled like pandas' ``read_csv`` defaults.
+    Quotes and blank lines are handled like pandas' ``read_csv`` defaults (lenient quoting).
     """
-    # User files (no given header) are parsed strictly: an unclosed quote is an error, not a
-    # text that silently swallows the rest of the file. The SMS file keeps pandas' lenience.
-    reader = csv.reader(
-        io.StringIO(_decode(raw, source), newline=""), delimiter=delimiter, strict=header is None
-    )
+    reader = csv.reader(io.StringIO(_decode(raw, source), newline=""), delimiter=delimiter)
     try:
         return _rows(reader, source, header)
     except csv.Error as e:
         raise GptclfError(f"{source}: malformed file near line {reader.line_num}: {e}") from None
 
 
-def _rows(reader, source: str, header: list[str] | None) -> tuple[list[str], list[str]]:
-    header = header or next((row for row in reader if row), None)
-    if header is None:
-        raise GptclfError(f"{source}: empty file, expected a header with columns Label,Text")
-    names = [h.strip().lower() for h in header]
-    for column in ("Label", "Text"):
-        if column.lower() not in names:
-            found = reader.dialect.delimiter.join(header)
-            raise GptclfError(f"{source}: missing column {column!r} (header: {found!r})")
-    label_col, text_col = names.index("label"), names.index("text")
+def _rows(reader, source: str, header: list[str]) -> tuple[list[str], list[str]]:
+    label_col, text_col = header.index("Label"), header.index("Text")
     labels: list[str] = []
     texts: list[str] = []
     for row in reader:

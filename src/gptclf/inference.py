@@ -6,11 +6,10 @@ from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
-import torch.nn.functional as F
 
 from gptclf.batching import Batch, batches
 from gptclf.classifier import SequenceClassifier
-from gptclf.metrics import classification_metrics
+from gptclf.metrics import logit_metrics
 
 if TYPE_CHECKING:
     from gptclf.prefix_cache import PrefixCache
@@ -47,7 +46,7 @@ def predict_logits(
     """Class logits (N, C) for already-encoded texts, in input order (fp32, on the CPU)."""
     was_training = model.training
     model.eval()
-    device = model.head.weight.device
+    device = next(model.parameters()).device  # not head.weight: int8 heads have none
     out = torch.empty(len(ids), model.head.out_features)
     # Sorted by length so dynamic padding wastes little; results go back to input order.
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
@@ -64,14 +63,11 @@ def evaluate(
     model: SequenceClassifier,
     ids: list[list[int]],
     labels: list[int],
+    label_names: list[str] | None = None,
     **kwargs: Any,
 ) -> dict[str, Any]:
-    """Metrics (accuracy, precision, recall, f1, confusion matrix, n) plus the mean loss.
+    """`metrics.logit_metrics`: accuracy, P/R/F1, AUCs, confusion matrix, n, mean loss.
 
     kwargs: those of `predict_logits`.
     """
-    logits = predict_logits(model, ids, **kwargs)
-    targets = torch.tensor(labels, dtype=torch.long)
-    metrics = classification_metrics(labels, logits.argmax(-1).tolist(), model.head.out_features)
-    metrics["loss"] = F.cross_entropy(logits, targets).item() if labels else float("nan")
-    return metrics
+    return logit_metrics(predict_logits(model, ids, **kwargs).numpy(), labels, label_names)

@@ -13,12 +13,14 @@ from typing import Any, Literal
 import torch
 
 from gptclf.config import ModelConfig
+from gptclf.encoder import Encoder
 from gptclf.errors import GptclfError
 from gptclf.model import GPT
 from gptclf.tokenizer import TOKENIZER_FILE, Tokenizer
 from gptclf.weights import registry
+from gptclf.weights.bert import is_bert_config, load_bert_tokenizer, load_hf_bert
 from gptclf.weights.gguf import load_gguf
-from gptclf.weights.hf import load_hf_gpt2
+from gptclf.weights.hf import load_hf_gpt2, read_json
 
 log = logging.getLogger(__name__)
 
@@ -27,11 +29,19 @@ Weights = Literal["pretrained", "random"]
 
 @dataclass
 class LanguageModel:
-    model: GPT  # forward(input_ids) -> vocab logits (B, T, V)
+    model: GPT | Encoder  # GPT: forward -> vocab logits (B, T, V); Encoder: hidden states
     tokenizer: Tokenizer
     config: ModelConfig
     # How to get the same base model again (stored in classifier checkpoints).
     source: dict[str, Any] = field(default_factory=dict)
+
+
+def build_backbone(
+    config: ModelConfig, state_dict: dict[str, torch.Tensor] | None = None
+) -> GPT | Encoder:
+    """The backbone class `config.arch` names: randomly initialised, or built strictly from weights."""
+    cls = Encoder if config.arch == "bert" else GPT
+    return cls(config) if state_dict is None else cls.from_state_dict(config, state_dict)
 
 
 def load_lm(
@@ -45,7 +55,7 @@ def load_lm(
     """Load a language model.
 
     name_or_path: a known name (`gptclf models`), a local directory in the Hugging Face GPT-2
-    layout, or a llama.cpp `.gguf` file (Llama or GPT-2 architecture). weights: "pretrained", or "random" for the name's architecture with GPT-2 init (seeded)
+    or BERT layout, or a llama.cpp `.gguf` file (Llama or GPT-2 architecture). weights: "pretrained", or "random" for the name's architecture with GPT-2 init (seeded)
     and the real tokenizer. config_overrides: e.g. `causal=False`, `dropout=0.1`.
     """
     if weights not in ("pretrained", "random"):
@@ -66,13 +76,15 @@ def load_lm(
     if weights == "random":
         config = ModelConfig.from_name(known.preset, **config_overrides)
         torch.manual_seed(seed)
-        model = GPT(config)
+        model = build_backbone(config)
         source = {"name": known.name, "weights": "random", "seed": seed}
         log.info("initialised %s with random weights (seed %d)", known.name, seed)
         return LanguageModel(model, registry.tokenizer_for(known, progress), config, source)
     source = {"name": known.name, "weights": "pretrained"}
     if known.gguf is not None:
         return _load_gguf(registry.locate_gguf(known), source, config_overrides)
+    if known.archive is not None:
+        return _load_hf_dir(registry.locate_archive_model(known), source, config_overrides)
     directory = registry.fetch_hf_model(known, progress=progress)
     return _load_hf_dir(directory, source, config_overrides)
 
@@ -82,7 +94,20 @@ def _load_gguf(path: Path, source: dict, overrides: dict) -> LanguageModel:
     return LanguageModel(GPT.from_state_dict(config, state), tokenizer, config, source)
 
 
+def _load_hf_bert_dir(directory: Path, source: dict, overrides: dict) -> LanguageModel:
+    config, state = load_hf_bert(directory, **overrides)
+    model, tokenizer = Encoder.from_state_dict(config, state), load_bert_tokenizer(directory)
+    if tokenizer.vocab_size > config.vocab_size:
+        raise GptclfError(
+            f"tokenizer has {tokenizer.vocab_size} tokens but the model only {config.vocab_size}"
+        )
+    log.info("loaded BERT %s (%d layers, d=%d)", directory, config.n_layer, config.d_model)
+    return LanguageModel(model, tokenizer, config, source)
+
+
 def _load_hf_dir(directory: Path, source: dict, overrides: dict) -> LanguageModel:
+    if is_bert_config(read_json(directory / "config.json")):
+        return _load_hf_bert_dir(directory, source, overrides)
     config, state = load_hf_gpt2(directory, **overrides)
     model = GPT.from_state_dict(config, state)
     if (directory / TOKENIZER_FILE).is_file() and (directory / "tokenizer_meta.json").is_file():

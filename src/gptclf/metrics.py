@@ -1,41 +1,148 @@
-"""Classification metrics from labels and predictions (no scikit-learn at runtime).
+"""Classification metrics from labels, predictions and probabilities (numpy; no scikit-learn).
 
-Binary tasks report precision/recall/F1 of the positive class (label 1, e.g. spam); multi-class
-tasks report their macro average. Undefined ratios (0/0) are 0.0, as scikit-learn's default.
+Binary tasks report precision/recall/F1 of the positive class (label 1, e.g. spam) as
+``precision``/``recall``/``f1``; multi-class tasks report their macro average there. Every task
+also gets balanced accuracy, per-class and macro P/R/F1, the confusion matrix and, given
+probabilities, ROC-AUC and PR-AUC (average precision): of the positive class when binary, the
+macro average of one-vs-rest when multi-class. Conventions follow scikit-learn: an undefined ratio
+(0/0) is 0.0; an undefined AUC (a class absent, or every example of it) is None.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
+
+import numpy as np
 
 
 def _ratio(num: float, den: float) -> float:
     return num / den if den else 0.0
 
 
-def classification_metrics(labels: list[int], preds: list[int], num_classes: int) -> dict[str, Any]:
+def classification_metrics(
+    labels: Sequence[int],
+    preds: Sequence[int],
+    num_classes: int,
+    probabilities: np.ndarray | None = None,
+    label_names: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Metrics of ``preds`` against ``labels``; ``probabilities`` (N, C) add ROC-AUC and PR-AUC.
+
+    ``label_names`` name the classes in ``per_class`` (default "0", "1", ...).
+    """
     if len(labels) != len(preds):
         raise ValueError("labels and predictions differ in length")
+    names = list(label_names) if label_names is not None else [str(c) for c in range(num_classes)]
+    if len(names) != num_classes:
+        raise ValueError(f"{len(names)} label names for {num_classes} classes")
     confusion = [[0] * num_classes for _ in range(num_classes)]  # rows: true, columns: predicted
     for y, p in zip(labels, preds, strict=True):
         confusion[y][p] += 1
-    per_class = []
-    for c in range(num_classes):
+    per_class: dict[str, dict[str, Any]] = {}
+    for c, name in enumerate(names):
         tp = confusion[c][c]
         predicted = sum(confusion[r][c] for r in range(num_classes))
         actual = sum(confusion[c])
         precision, recall = _ratio(tp, predicted), _ratio(tp, actual)
-        per_class.append((precision, recall, _ratio(2 * precision * recall, precision + recall)))
-    if num_classes == 2:
-        precision, recall, f1 = per_class[1]
-    else:
-        precision, recall, f1 = (sum(m[i] for m in per_class) / num_classes for i in range(3))
+        f1 = _ratio(2 * precision * recall, precision + recall)
+        per_class[name] = {"precision": precision, "recall": recall, "f1": f1, "support": actual}
+    macro = {
+        k: sum(m[k] for m in per_class.values()) / num_classes
+        for k in ("precision", "recall", "f1")
+    }
+    headline = per_class[names[1]] if num_classes == 2 else macro
+    supported = [m["recall"] for m in per_class.values() if m["support"]]
     correct = sum(confusion[c][c] for c in range(num_classes))
-    return {
+    out: dict[str, Any] = {
         "accuracy": _ratio(correct, len(labels)),
-        "precision": precision,
-        "recall": recall,
-        "f1": f1,
+        "balanced_accuracy": _ratio(sum(supported), len(supported)),
+        "precision": headline["precision"],
+        "recall": headline["recall"],
+        "f1": headline["f1"],
+        "macro_precision": macro["precision"],
+        "macro_recall": macro["recall"],
+        "macro_f1": macro["f1"],
+        "roc_auc": None,
+        "pr_auc": None,
+        "per_class": per_class,
         "confusion_matrix": confusion,
+        "labels": names,
         "n": len(labels),
     }
+    if probabilities is not None:
+        probs = np.asarray(probabilities, dtype=np.float64)
+        y = np.asarray(labels)
+        for c, name in enumerate(names):
+            per_class[name]["roc_auc"] = roc_auc(y == c, probs[:, c])
+            per_class[name]["pr_auc"] = average_precision(y == c, probs[:, c])
+        for key in ("roc_auc", "pr_auc"):
+            if num_classes == 2:
+                out[key] = per_class[names[1]][key]
+            else:  # macro one-vs-rest over the classes where it is defined
+                defined = [m[key] for m in per_class.values() if m[key] is not None]
+                out[key] = sum(defined) / len(defined) if defined else None
+    return out
+
+
+def logit_metrics(
+    logits: np.ndarray, labels: Sequence[int], label_names: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """``classification_metrics`` from (N, C) logits, plus the mean cross-entropy ``loss``."""
+    logits = np.asarray(logits, dtype=np.float64)
+    log_probs = logits - logits.max(axis=1, keepdims=True)
+    log_probs -= np.log(np.exp(log_probs).sum(axis=1, keepdims=True))  # log-softmax
+    metrics = classification_metrics(
+        labels, logits.argmax(axis=1).tolist(), logits.shape[1], np.exp(log_probs), label_names
+    )
+    y = np.asarray(labels, dtype=np.int64)
+    metrics["loss"] = float(-log_probs[np.arange(len(y)), y].mean()) if len(y) else float("nan")
+    return metrics
+
+
+def _ranked(is_positive: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Cumulative true and false positives at each distinct threshold, highest score first."""
+    y = np.asarray(is_positive, dtype=bool)
+    if not y.any() or y.all():
+        return None
+    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="mergesort")
+    s, y = np.asarray(scores)[order], y[order]
+    last = np.r_[np.flatnonzero(np.diff(s)), len(y) - 1]  # the last index of each score value
+    tps = np.cumsum(y)[last]
+    return tps, last + 1 - tps
+
+
+def roc_curve(is_positive: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """(false positive rates, true positive rates) from (0, 0) to (1, 1); None if undefined."""
+    ranked = _ranked(is_positive, scores)
+    if ranked is None:
+        return None
+    tps, fps = ranked
+    return np.r_[0.0, fps / fps[-1]], np.r_[0.0, tps / tps[-1]]
+
+
+def roc_auc(is_positive: np.ndarray, scores: np.ndarray) -> float | None:
+    """Area under the ROC curve (trapezoids: ties count half); None with a single class."""
+    curve = roc_curve(is_positive, scores)
+    if curve is None:
+        return None
+    fpr, tpr = curve
+    return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
+
+
+def pr_curve(is_positive: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """(recalls, precisions) at each distinct threshold, highest score first; None if undefined."""
+    ranked = _ranked(is_positive, scores)
+    if ranked is None:
+        return None
+    tps, fps = ranked
+    return tps / tps[-1], tps / (tps + fps)
+
+
+def average_precision(is_positive: np.ndarray, scores: np.ndarray) -> float | None:
+    """PR-AUC as scikit-learn's average precision: Σ (R_k − R_{k−1}) P_k, no interpolation."""
+    curve = pr_curve(is_positive, scores)
+    if curve is None:
+        return None
+    recall, precision = curve
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))

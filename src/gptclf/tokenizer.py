@@ -2,6 +2,7 @@
 
 Sources: GPT-2's `vocab.json`/`encoder.json` + `merges.txt`/`vocab.bpe`, or a saved `tokenizer.json`.
 Never downloads anything itself: the caller resolves files (see `weights/registry.py`).
+BERT's WordPiece `tokenizer.json` is read by `weights/bert.py` into the same `Tokenizer` class.
 """
 
 from __future__ import annotations
@@ -27,8 +28,16 @@ META_FILE = "tokenizer_meta.json"
 class Tokenizer:
     """Text ↔ token ids, plus the special ids a classifier needs (pad, eos)."""
 
-    def __init__(self, backend: HFTokenizer, eos_token: str, pad_token: str | None = None):
+    def __init__(
+        self,
+        backend: HFTokenizer,
+        eos_token: str,
+        pad_token: str | None = None,
+        add_special_tokens: bool = False,
+    ):
         self.backend = backend
+        # True for BERT: the backend's post-processor wraps each text as [CLS] ... [SEP].
+        self.add_special_tokens = add_special_tokens
         self.eos_token = eos_token
         self.pad_token = pad_token or eos_token  # GPT-2 has no pad token; the book pads with eos
         self.eos_id = self._require_id(eos_token)
@@ -45,10 +54,11 @@ class Tokenizer:
         return self.backend.get_vocab_size(with_added_tokens=True)
 
     def encode(self, text: str) -> list[int]:
-        return self.backend.encode(text, add_special_tokens=False).ids
+        return self.backend.encode(text, add_special_tokens=self.add_special_tokens).ids
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return [e.ids for e in self.backend.encode_batch(texts, add_special_tokens=False)]
+        special = self.add_special_tokens
+        return [e.ids for e in self.backend.encode_batch(texts, add_special_tokens=special)]
 
     def decode(self, ids: list[int]) -> str:
         return self.backend.decode(ids, skip_special_tokens=False)
@@ -57,7 +67,11 @@ class Tokenizer:
         """Write `tokenizer.json` + our special-token names, enough for `Tokenizer.load`."""
         directory.mkdir(parents=True, exist_ok=True)
         self.backend.save(str(directory / TOKENIZER_FILE))
-        meta = {"eos_token": self.eos_token, "pad_token": self.pad_token}
+        meta = {
+            "eos_token": self.eos_token,
+            "pad_token": self.pad_token,
+            "add_special_tokens": self.add_special_tokens,
+        }
         (directory / META_FILE).write_text(json.dumps(meta, indent=2))
 
     @classmethod
@@ -65,7 +79,8 @@ class Tokenizer:
         try:
             backend = HFTokenizer.from_file(str(directory / TOKENIZER_FILE))
             meta = json.loads((directory / META_FILE).read_text())
-            return cls(backend, meta["eos_token"], meta.get("pad_token"))
+            special = bool(meta.get("add_special_tokens", False))
+            return cls(backend, meta["eos_token"], meta.get("pad_token"), special)
         except (
             OSError,
             ValueError,

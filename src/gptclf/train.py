@@ -17,13 +17,16 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from gptclf import batching
+from gptclf import batching, report
+from gptclf.balance import class_weights, parse_class_weights
 from gptclf.checkpoint import ClassifierInfo, save_classifier, write_json
 from gptclf.classifier import SequenceClassifier, set_trainable
-from gptclf.data import load_splits
+from gptclf.data import BALANCE_MODES, SPLIT_MODES, splits_from_config
 from gptclf.errors import GptclfError
-from gptclf.inference import autocast, batch_logits, evaluate
+from gptclf.inference import autocast, batch_logits, evaluate, predict_logits
 from gptclf.lm import load_lm
+from gptclf.lora import apply_lora
+from gptclf.metrics import logit_metrics
 from gptclf.prefix_cache import build_caches, cache_start
 
 log = logging.getLogger(__name__)
@@ -35,14 +38,25 @@ SPLITS = ("train", "validation", "test")
 class TrainConfig:
     model: str = "gpt2-small"
     weights: str = "pretrained"  # or "random"
-    data: str = "sms-spam"
-    split: str = "book"  # book | stratified (ignored when data is a split directory)
+    data: str = "sms-spam"  # sms-spam | sms-spam-uci | a table file | a split directory
+    text_columns: list[str] | None = None  # None = "Text"; several are joined by a newline
+    label_column: str | None = None  # None = "Label"
+    validation: str | None = None  # a validation file instead of a split of `data`
+    test: str | None = None  # a test file instead of a split of `data`
+    split: str = "auto"  # auto (book on sms-spam, else stratified) | book | stratified
+    balance: str = "none"  # or "undersample" (the training split only)
+    class_weights: str = "none"  # auto | none | w1,w2,... (weights of the cross-entropy)
     trainable: str = "last_block"
+    lora_rank: int = 8  # --trainable lora: adapter rank, alpha, targets, scaling (see lora.py)
+    lora_alpha: float = 16.0
+    lora_targets: str = "all"  # attention | mlp | all (the book's bonus wraps every linear)
+    lora_scaling: str = "alpha_over_rank"  # or "alpha" (the book's bonus code)
     pool: str = "last"
     padding: str = "longest"
     causal: bool = True
     dropout: float = 0.0
     max_length: int | None = None  # tokens kept per text; None = the model's context
+    truncation: str = "head"  # which tokens a longer text keeps: head | tail | head+tail
     epochs: int = 5
     batch_size: int = 8
     grad_accum: int = 1
@@ -54,6 +68,7 @@ class TrainConfig:
     device: str = "auto"  # auto = cuda if available, else cpu
     cache: bool = True  # frozen-prefix caching where it is exact (see prefix_cache.py)
     out: str | None = None
+    report: bool = True  # plots and report.md in `out` (report.py)
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -66,6 +81,30 @@ class TrainConfig:
             raise GptclfError("--max-length must be at least 1")
         if self.precision not in ("fp32", "bf16"):
             raise GptclfError(f"--precision must be fp32 or bf16, got {self.precision!r}")
+        check_data_options(self)
+
+
+def check_data_options(cfg: TrainConfig) -> None:
+    """Fail on a bad data flag before any model is loaded."""
+    for flag, value, known in (
+        ("split", cfg.split, SPLIT_MODES),
+        ("balance", cfg.balance, BALANCE_MODES),
+        ("truncation", cfg.truncation, batching.TRUNCATIONS),
+    ):
+        if value not in known:
+            raise GptclfError(f"--{flag} must be one of {', '.join(known)}, got {value!r}")
+    parse_class_weights(cfg.class_weights)
+    if isinstance(cfg.text_columns, str):  # a single column given as a string
+        cfg.text_columns = [cfg.text_columns]
+
+
+# Named sets of defaults; explicit flags override them. "book" = the TrainConfig defaults
+# (the book's chapter 6). "smollm2" = the main job, chosen by benchmarks/tune_smollm2.py.
+RECIPES: dict[str, dict[str, Any]] = {
+    "book": {},
+    "smollm2": dict(model="smollm2-135m", pool="last_real", padding="dynamic", precision="bf16",
+                    trainable="last_block", lr=2e-4),
+}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -95,7 +134,7 @@ def fit(cfg: TrainConfig) -> dict[str, Any]:
     started = time.perf_counter()
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
-    data = dict(zip(SPLITS, load_splits(cfg.data, cfg.split, seed=cfg.seed), strict=True))
+    data = dict(zip(SPLITS, splits_from_config(dataclasses.asdict(cfg)), strict=True))
     lm = load_lm(
         cfg.model,
         cfg.weights,
@@ -106,16 +145,39 @@ def fit(cfg: TrainConfig) -> dict[str, Any]:
     )
     context = lm.config.context_length
     max_length = min(cfg.max_length or context, context)
-    ids = {
-        name: batching.encode(lm.tokenizer, split.texts, max_length) for name, split in data.items()
+    encoded = {
+        name: batching.encode_with_lengths(lm.tokenizer, split.texts, max_length, cfg.truncation)
+        for name, split in data.items()
     }
+    ids = {name: seqs for name, (seqs, _) in encoded.items()}
     length = batching.pad_length(cfg.padding, ids["train"], context)
     if length is not None:  # the book truncates validation/test to the training length
         max_length = length
-        ids = {name: [seq[:length] for seq in seqs] for name, seqs in ids.items()}
+        ids = {
+            name: [batching.truncate(seq, length, cfg.truncation) for seq in seqs]
+            for name, seqs in ids.items()
+        }
+    truncated = {
+        name: sum(n > len(seq) for n, seq in zip(encoded[name][1], ids[name], strict=True))
+        for name in ids
+    }
+    log.info("texts truncated to %d tokens (%s): %s", max_length, cfg.truncation, truncated)
     train = data["train"]
+    loss_weights = class_weights(cfg.class_weights, train)
+    weight = None
+    if loss_weights is not None:
+        weight = torch.tensor(loss_weights, dtype=torch.float32, device=device)
 
     model = SequenceClassifier(lm.model, len(train.label_names), cfg.pool).to(device)
+    lora = None
+    if cfg.trainable == "lora":
+        lora = {
+            "rank": cfg.lora_rank,
+            "alpha": cfg.lora_alpha,
+            "targets": cfg.lora_targets,
+            "scaling": cfg.lora_scaling,
+        }
+        apply_lora(model, **lora)  # before the optimizer: the adapters are new parameters
     trainable, total = set_trainable(model, cfg.trainable)
     optimizer = make_optimizer(model, cfg)
     info = ClassifierInfo(
@@ -126,6 +188,7 @@ def fit(cfg: TrainConfig) -> dict[str, Any]:
         max_length,
         base=lm.source,
         train_config=dataclasses.asdict(cfg),
+        lora=lora,
     )
     out = Path(cfg.out) if cfg.out else None
     pad_id = lm.tokenizer.pad_id
@@ -148,11 +211,8 @@ def fit(cfg: TrainConfig) -> dict[str, Any]:
         )
     cache_seconds = time.perf_counter() - train_start
 
-    def run_eval(name: str) -> dict[str, Any]:
-        return evaluate(
-            model,
-            ids[name],
-            data[name].labels,
+    def eval_kwargs(name: str) -> dict[str, Any]:
+        return dict(
             batch_size=cfg.eval_batch_size,
             pad_id=pad_id,
             length=length,
@@ -160,12 +220,17 @@ def fit(cfg: TrainConfig) -> dict[str, Any]:
             precision=cfg.precision,
         )
 
+    def run_eval(name: str) -> dict[str, Any]:
+        return evaluate(model, ids[name], data[name].labels, train.label_names, **eval_kwargs(name))
+
     generator = torch.Generator().manual_seed(cfg.seed)
     n_batches = max(len(train) // cfg.batch_size, 1)
     history, best_acc, best_state, examples_seen = [], -1.0, None, 0
+    steps: list[tuple[int, float, float]] = []  # (examples seen, loss, accuracy) per batch
     for epoch in range(1, cfg.epochs + 1):
         model.train()
-        epoch_loss, epoch_start = 0.0, time.perf_counter()
+        epoch_loss, epoch_correct, epoch_start = 0.0, 0, time.perf_counter()
+        epoch_seen_before = examples_seen
         train_batches = batching.batches(
             ids["train"],
             train.labels,
@@ -188,13 +253,16 @@ def fit(cfg: TrainConfig) -> dict[str, Any]:
             batch = batch.to(device)
             with autocast(device, cfg.precision):
                 logits = batch_logits(model, batch, caches.get("train"))
-            loss = F.cross_entropy(logits.float(), batch.labels)
+            loss = F.cross_entropy(logits.float(), batch.labels, weight=weight)
             (loss / cfg.grad_accum).backward()
             if step % cfg.grad_accum == 0 or step == n_batches:
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             examples_seen += len(batch.labels)
             epoch_loss += loss.item()
+            correct = (logits.argmax(-1) == batch.labels).sum().item()
+            epoch_correct += correct
+            steps.append((examples_seen, loss.item(), correct / len(batch.labels)))
             rate = step * cfg.batch_size / (time.perf_counter() - epoch_start)
             bar.set_postfix(loss=f"{loss.item():.3f}", ex_s=f"{rate:.1f}", refresh=False)
         val = run_eval("validation")
@@ -203,6 +271,7 @@ def fit(cfg: TrainConfig) -> dict[str, Any]:
                 "epoch": epoch,
                 "examples_seen": examples_seen,
                 "train_loss": epoch_loss / n_batches,
+                "train_accuracy": epoch_correct / (examples_seen - epoch_seen_before),
                 "validation_loss": val["loss"],
                 "validation_accuracy": val["accuracy"],
             }
@@ -224,7 +293,11 @@ def fit(cfg: TrainConfig) -> dict[str, Any]:
     train_seconds = time.perf_counter() - train_start
 
     model.load_state_dict(best_state, strict=False)
-    metrics: dict[str, Any] = {name: run_eval(name) for name in SPLITS}
+    logits = {name: predict_logits(model, ids[name], **eval_kwargs(name)) for name in SPLITS}
+    metrics: dict[str, Any] = {
+        name: logit_metrics(logits[name].numpy(), data[name].labels, train.label_names)
+        for name in SPLITS
+    }
     metrics.update(
         best_epoch=max(history, key=lambda h: h["validation_accuracy"])["epoch"],
         train_seconds=train_seconds,
@@ -234,9 +307,15 @@ def fit(cfg: TrainConfig) -> dict[str, Any]:
         trainable_params=trainable,
         total_params=total,
         labels=train.label_names,
+        truncated=truncated,
+        class_weights=loss_weights,
         history=history,
+        train_curve=report.curve(steps),
         config=info.to_dict(),
     )
     if out is not None:
         write_json(out / "metrics.json", metrics)
+        if cfg.report:
+            test_probs = logits["test"].softmax(-1).numpy()
+            report.write_report(out, metrics, data["test"].labels, test_probs)
     return metrics

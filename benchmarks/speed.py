@@ -1,0 +1,461 @@
+"""Speed and memory, side by side with the peers, each system in its own process.
+
+    python benchmarks/speed.py run [--reps 3] [--only NAME ...]   # runs what is missing (cached)
+    python benchmarks/speed.py report                             # writes docs/BENCHMARKS.md
+
+Every (benchmark, repetition) runs as `python benchmarks/speed.py worker NAME OUT.json` in a fresh
+process, so its peak RSS is its own; results are cached as JSON under benchmarks/results/speed/ and
+an interrupted run resumes. The report shows medians over repetitions and ratios to the peers.
+
+Benchmarks:
+- ch6_book: the book's chapter-6 recipe with the book's own code (PyPI `llms-from-scratch`,
+  `ch04.GPTModel` + `ch06.train_classifier_simple`, eval_freq 50 / eval_iter 5, then full
+  train/validation/test accuracy), GPT-2-small shape with random weights, 5 epochs, batch 8, last
+  block + final norm + head trainable, fed token ids from our tokenizer (its tiktoken would download).
+- ch6_ours: the same recipe with gptclf's defaults for speed (last real token, dynamic padding,
+  bf16 autocast, frozen-prefix cache); ch6_ours_book_padding: gptclf with the book's pooling and
+  padding (last position, longest) in fp32, to separate the effects.
+- main_smollm2: the README's main job (SmolLM2-135M).
+- infer_*: messages/s classifying the SMS test set (300 messages) with GPT-2-small-shaped random
+  weights, identical in every system: ours (bf16, fp32, int8 dynamic quantization) vs transformers'
+  GPT2ForSequenceClassification (fp32 and bf16 autocast) and its `pipeline`.
+- flops_ours: achieved GFLOP/s of steady-state training and inference vs the matmul peak measured
+  in the same process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results" / "speed"
+WORK = ROOT / "benchmarks" / ".work"  # generated weights/splits; not committed
+REPORT = ROOT / "docs" / "BENCHMARKS.md"
+EPOCHS = 5
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def book_split_dir() -> Path:
+    from gptclf.data import load_splits, write_split
+
+    out = WORK / "book_split"
+    if not (out / "test.csv").exists():
+        write_split(out, *load_splits("sms-spam", "book"))
+    return out
+
+
+def encoded_book_split():
+    from gptclf.data import load_splits
+    from gptclf.weights.registry import gpt2_tokenizer
+
+    tok = gpt2_tokenizer()
+    return tok, [(tok.encode_batch(s.texts), s.labels) for s in load_splits("sms-spam", "book")]
+
+
+# ---------------------------------------------------------------- training recipes
+
+
+def bench_ch6_book() -> dict:
+    import torch
+    from llms_from_scratch.ch04 import GPTModel
+    from llms_from_scratch.ch06 import calc_accuracy_loader, train_classifier_simple
+    from torch.utils.data import DataLoader, TensorDataset
+
+    tok, splits = encoded_book_split()
+    max_len = max(len(s) for s in splits[0][0])  # the book pads everything to the longest train text
+
+    def loader(ids, labels, train):
+        padded = [s[:max_len] + [tok.pad_id] * (max_len - len(s[:max_len])) for s in ids]
+        ds = TensorDataset(torch.tensor(padded), torch.tensor(labels))
+        return DataLoader(ds, batch_size=8, shuffle=train, drop_last=train)
+
+    start = time.perf_counter()
+    torch.manual_seed(123)
+    train_loader, val_loader, test_loader = (
+        loader(ids, labels, i == 0) for i, (ids, labels) in enumerate(splits)
+    )
+    cfg = {"vocab_size": 50257, "context_length": 1024, "emb_dim": 768, "n_heads": 12,
+           "n_layers": 12, "drop_rate": 0.0, "qkv_bias": True}
+    model = GPTModel(cfg)
+    for p in model.parameters():
+        p.requires_grad = False
+    model.out_head = torch.nn.Linear(768, 2)
+    for p in [*model.trf_blocks[-1].parameters(), *model.final_norm.parameters()]:
+        p.requires_grad = True
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5, weight_decay=0.1)
+    train_classifier_simple(model, train_loader, val_loader, optimizer, "cpu",
+                            num_epochs=EPOCHS, eval_freq=50, eval_iter=5)
+    accuracy = {name: calc_accuracy_loader(dl, model, "cpu")
+                for name, dl in (("train", train_loader), ("validation", val_loader),
+                                 ("test", test_loader))}
+    return {"seconds": time.perf_counter() - start, "test_accuracy": accuracy["test"],
+            "validation_accuracy": accuracy["validation"]}
+
+
+def _ours(**overrides) -> dict:
+    from gptclf.train import TrainConfig, fit
+
+    start = time.perf_counter()
+    m = fit(TrainConfig(progress=False, epochs=EPOCHS, **overrides))
+    return {"seconds": time.perf_counter() - start, "test_accuracy": m["test"]["accuracy"],
+            "validation_accuracy": m["validation"]["accuracy"], "cache_seconds": m["cache_seconds"]}
+
+
+def bench_ch6_ours() -> dict:
+    return _ours(model="gpt2-small", weights="random", pool="last_real", padding="dynamic",
+                 precision="bf16")
+
+
+def bench_ch6_ours_book_padding() -> dict:
+    return _ours(model="gpt2-small", weights="random", pool="last", padding="longest")
+
+
+def bench_main_smollm2() -> dict:
+    from gptclf.train import RECIPES
+
+    return _ours(**RECIPES["smollm2"])
+
+
+# ---------------------------------------------------------------- inference
+
+
+def shared_gpt2_weights() -> Path:
+    """GPT-2-small-shaped random weights + a 2-class head, saved in the HF layout once."""
+    import torch
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    from gptclf.tokenizer import installed_gpt2_bpe_files
+
+    out = WORK / "gpt2-small-random-cls"
+    if not (out / "model.safetensors").exists():
+        torch.manual_seed(123)
+        config = GPT2Config(num_labels=2, pad_token_id=50256)
+        GPT2ForSequenceClassification(config).save_pretrained(out)
+        encoder, merges = installed_gpt2_bpe_files()  # GPT-2's own files, as the hub names them
+        shutil.copy(encoder, out / "vocab.json")
+        shutil.copy(merges, out / "merges.txt")
+    return out
+
+
+def _texts() -> list[str]:
+    from gptclf.data import load_splits
+
+    return load_splits("sms-spam", "book")[2].texts
+
+
+def _time_messages(classify, texts, reps: int = 3) -> dict:
+    classify(texts[:32])  # warm-up
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        classify(texts)
+        times.append(time.perf_counter() - start)
+    return {"messages_per_second": len(texts) / statistics.median(times), "n": len(texts)}
+
+
+def _our_classifier(precision: str, int8: bool = False):
+    import torch
+    from safetensors.torch import load_file
+
+    from gptclf.classifier import SequenceClassifier
+    from gptclf.inference import predict_logits
+    from gptclf.model import GPT
+    from gptclf.weights.hf import config_from_hf_gpt2, convert_hf_gpt2
+    from gptclf.weights.registry import gpt2_tokenizer
+
+    directory = shared_gpt2_weights()
+    state = load_file(directory / "model.safetensors")
+    score = state.pop("score.weight")
+    config = config_from_hf_gpt2(json.loads((directory / "config.json").read_text()))
+    model = SequenceClassifier(GPT.from_state_dict(config, convert_hf_gpt2(state, config)), 2,
+                               "last_real")
+    with torch.no_grad():  # HF's score head has no bias
+        model.head.weight.copy_(score)
+        model.head.bias.zero_()
+    model.eval()
+    if int8:
+        model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    tok = gpt2_tokenizer()
+
+    def classify(texts):
+        ids = [seq[:1024] for seq in tok.encode_batch(texts)]
+        return predict_logits(model, ids, batch_size=32, pad_id=tok.pad_id, length=None,
+                              precision=precision).argmax(-1)
+
+    return classify
+
+
+def bench_infer_ours_bf16() -> dict:
+    return _time_messages(_our_classifier("bf16"), _texts())
+
+
+def bench_infer_ours_fp32() -> dict:
+    return _time_messages(_our_classifier("fp32"), _texts())
+
+
+def bench_infer_ours_int8() -> dict:
+    return _time_messages(_our_classifier("fp32", int8=True), _texts())
+
+
+def _hf_model_and_tokenizer():
+    from transformers import GPT2ForSequenceClassification, GPT2TokenizerFast
+
+    tok = GPT2TokenizerFast.from_pretrained(shared_gpt2_weights())
+    tok.pad_token = tok.eos_token
+    model = GPT2ForSequenceClassification.from_pretrained(shared_gpt2_weights()).eval()
+    return model, tok
+
+
+def _hf_classify(bf16: bool):
+    import torch
+
+    model, tok = _hf_model_and_tokenizer()
+
+    @torch.inference_mode()
+    def classify(texts):
+        out = []
+        for i in range(0, len(texts), 32):
+            enc = tok(texts[i : i + 32], return_tensors="pt", padding=True, truncation=True,
+                      max_length=1024)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                out.append(model(**enc).logits.argmax(-1))
+        return torch.cat(out)
+
+    return classify
+
+
+def bench_infer_hf_fp32() -> dict:
+    return _time_messages(_hf_classify(False), _texts())
+
+
+def bench_infer_hf_bf16() -> dict:
+    return _time_messages(_hf_classify(True), _texts())
+
+
+def bench_infer_hf_pipeline() -> dict:
+    from transformers import pipeline
+
+    model, tok = _hf_model_and_tokenizer()
+    pipe = pipeline("text-classification", model=model, tokenizer=tok, device="cpu")
+    return _time_messages(lambda texts: pipe(texts, batch_size=32, truncation=True), _texts())
+
+
+# ---------------------------------------------------------------- achieved FLOP/s
+
+
+def matmul_peak() -> dict:
+    import torch
+
+    out = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        a = torch.randn(2048, 2048, dtype=dtype)
+        b = torch.randn(2048, 2048, dtype=dtype)
+        a @ b
+        times = []
+        for _ in range(5):
+            start = time.perf_counter()
+            a @ b
+            times.append(time.perf_counter() - start)
+        out[str(dtype).removeprefix("torch.")] = 2 * 2048**3 / min(times) / 1e9
+    return out
+
+
+def bench_flops_ours() -> dict:
+    """Steady state on GPT-2-small shape, batch 8 x 128 tokens, bf16 autocast."""
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from gptclf.classifier import SequenceClassifier, set_trainable
+    from gptclf.config import ModelConfig
+    from gptclf.model import GPT
+
+    torch.manual_seed(0)
+    model = SequenceClassifier(GPT(ModelConfig.from_name("gpt2-small")), 2, "last_real")
+    set_trainable(model, "last_block")
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    ids = torch.randint(0, 50257, (8, 128))
+    mask = torch.ones_like(ids)
+    labels = torch.randint(0, 2, (8,))
+    x = model.prefix_states(ids, mask, 11).detach()  # what the prefix cache holds
+
+    def train_step():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = F.cross_entropy(model.forward_from(x, mask, 11).float(), labels)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+    @torch.inference_mode()
+    def infer_step():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            model(ids.repeat(4, 1), mask.repeat(4, 1))
+
+    result = {"peak_gflops": matmul_peak()}
+    for name, step in (("train_step", train_step), ("inference_step", infer_step)):
+        step()
+        with FlopCounterMode(display=False) as counter:
+            step()
+        times = []
+        for _ in range(5):
+            start = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - start)
+        result[name] = {"gflop": counter.get_total_flops() / 1e9,
+                        "gflops": counter.get_total_flops() / statistics.median(times) / 1e9}
+    return result
+
+
+BENCHMARKS = {name.removeprefix("bench_"): fn for name, fn in globals().items()
+              if name.startswith("bench_")}
+
+
+# ---------------------------------------------------------------- driver
+
+
+def worker(name: str, out: Path) -> None:
+    import torch
+
+    start = time.perf_counter()
+    result = BENCHMARKS[name]()
+    result.update(name=name, wall_seconds=time.perf_counter() - start, peak_rss_mib=peak_rss_mib(),
+                  torch=torch.__version__, threads=torch.get_num_threads())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    tmp.replace(out)
+
+
+def run(reps: int, only: list[str] | None) -> None:
+    for rep in range(reps):
+        for name in only or BENCHMARKS:
+            out = RESULTS / f"{name}-rep{rep}.json"
+            if out.exists():
+                continue
+            print(f"running {name} (repetition {rep + 1}/{reps})", flush=True)
+            subprocess.run([sys.executable, __file__, "worker", name, str(out)], check=True)
+
+
+def load() -> dict[str, list[dict]]:
+    results: dict[str, list[dict]] = {}
+    for path in sorted(RESULTS.glob("*.json")):
+        record = json.loads(path.read_text())
+        results.setdefault(record["name"], []).append(record)
+    return results
+
+
+def med(records: list[dict], key: str) -> float:
+    return statistics.median(r[key] for r in records)
+
+
+def fmt(value: float, digits: int = 1) -> str:
+    return f"{value:,.{digits}f}"
+
+
+def render(results: dict[str, list[dict]]) -> str:
+    import torch
+
+    def row(name: str, *cells: str) -> str:
+        return "| " + " | ".join([name, *cells]) + " |"
+
+    lines = [
+        "# Benchmarks",
+        "",
+        "Generated by `python benchmarks/speed.py report` from the cached results of",
+        "`python benchmarks/speed.py run --reps 3` (each benchmark and repetition in its own process;",
+        "medians over repetitions; delete benchmarks/results/speed/ to measure again).",
+        "",
+        f"Machine: {platform.machine()}, {platform.processor() or 'cpu'}, "
+        f"{torch.get_num_threads()} threads; Python {platform.python_version()}, "
+        f"torch {torch.__version__}.",
+        "",
+        "## Chapter-6 recipe (GPT-2-small shape, random weights, 5 epochs, last block trainable)",
+        "",
+        "| system | reps | wall s | speed-up vs book | test acc | val acc | peak RSS MiB |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    book = results.get("ch6_book")
+    for name in ("ch6_book", "ch6_ours", "ch6_ours_book_padding", "main_smollm2"):
+        recs = results.get(name)
+        if not recs:
+            lines.append(row(name, "not run", "", "", "", "", ""))
+            continue
+        ratio = med(book, "seconds") / med(recs, "seconds") if book and name != "main_smollm2" else None
+        lines.append(row(name, str(len(recs)), fmt(med(recs, "seconds")),
+                         f"{ratio:.1f}x" if ratio else "-",
+                         f"{100 * med(recs, 'test_accuracy'):.2f}",
+                         f"{100 * med(recs, 'validation_accuracy'):.2f}",
+                         fmt(med(recs, "peak_rss_mib"), 0)))
+    lines += [
+        "",
+        "## Inference: SMS test set (300 messages), identical GPT-2-small-shaped weights",
+        "",
+        "| system | reps | messages/s | vs transformers fp32 | peak RSS MiB |",
+        "|---|---|---|---|---|",
+    ]
+    hf = results.get("infer_hf_fp32")
+    for name in ("infer_ours_bf16", "infer_ours_fp32", "infer_ours_int8", "infer_hf_fp32",
+                 "infer_hf_bf16", "infer_hf_pipeline"):
+        recs = results.get(name)
+        if not recs:
+            lines.append(row(name, "not run", "", "", ""))
+            continue
+        ratio = med(recs, "messages_per_second") / med(hf, "messages_per_second") if hf else None
+        lines.append(row(name, str(len(recs)), fmt(med(recs, "messages_per_second")),
+                         f"{ratio:.2f}x" if ratio else "-", fmt(med(recs, "peak_rss_mib"), 0)))
+    flops = results.get("flops_ours")
+    if flops:
+        peak_bf16 = statistics.median(r["peak_gflops"]["bfloat16"] for r in flops)
+        peak_fp32 = statistics.median(r["peak_gflops"]["float32"] for r in flops)
+        lines += [
+            "",
+            "## Achieved FLOP/s (steady state, bf16 autocast, GPT-2-small shape)",
+            "",
+            f"Matmul peak measured in the same process: bf16 {fmt(peak_bf16)} GFLOP/s, "
+            f"fp32 {fmt(peak_fp32)} GFLOP/s (2048^3 GEMM).",
+            "",
+            "| step | GFLOP per step | GFLOP/s | share of bf16 peak |",
+            "|---|---|---|---|",
+        ]
+        for step in ("train_step", "inference_step"):
+            gflops = statistics.median(r[step]["gflops"] for r in flops)
+            lines.append(row(step, fmt(flops[0][step]["gflop"]), fmt(gflops),
+                             f"{100 * gflops / peak_bf16:.0f}%"))
+    return "\n".join(lines) + "\n"
+
+
+def report() -> None:
+    REPORT.write_text(render(load()))
+    print(f"wrote {REPORT}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("run")
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--only", nargs="*", choices=sorted(BENCHMARKS))
+    sub.add_parser("report")
+    p = sub.add_parser("worker")
+    p.add_argument("name", choices=sorted(BENCHMARKS))
+    p.add_argument("out", type=Path)
+    args = parser.parse_args()
+    if args.cmd == "run":
+        run(args.reps, args.only)
+        report()
+    elif args.cmd == "report":
+        report()
+    else:
+        worker(args.name, args.out)

@@ -1,0 +1,178 @@
+"""BERT-style encoder: post-norm blocks, bidirectional attention, absolute learned positions.
+
+Fits the backbone protocol of `SequenceClassifier` (`embed`, `run_blocks`, blocks in `h`, `ln_f`,
+`config.d_model`, `lm_head`), so classification, pooling (`cls`, `mean`), freezing, LoRA and the
+prefix cache work unchanged. Differences from `model.GPT`, each a property of BERT itself:
+- post-norm: `x = LN(x + sublayer(x))`, hence no final norm (`ln_f` is the identity);
+- embeddings = token + position + token type (always type 0: single sentences), then LayerNorm;
+- exact (erf) GELU; no causal mask; separate query/key/value projections (see below).
+
+Module names follow `model.py` where the roles match (`wte`, `wpe`, `h.N.attn.c_proj`,
+`mlp.c_fc`, `mlp.c_proj`, `ln_1`, `ln_2`). Query, key and value stay three linears, as in the
+checkpoint: the key conversion (`weights/bert.py`) stays a pure one-to-one rename table, and LoRA
+adapts each projection with its own rank-r update (as the LoRA paper and the book do).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gptclf.config import ModelConfig
+from gptclf.errors import GptclfError
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.n_head, self.head_dim = config.n_head, config.head_dim
+        inner = config.n_head * config.head_dim
+        self.query = nn.Linear(config.d_model, inner, bias=config.bias)
+        self.key = nn.Linear(config.d_model, inner, bias=config.bias)
+        self.value = nn.Linear(config.d_model, inner, bias=config.bias)
+        self.c_proj = nn.Linear(inner, config.d_model, bias=config.bias)
+        self.dropout = config.dropout
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+        B, T, _ = x.shape
+        q, k, v = (
+            proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
+            for proj in (self.query, self.key, self.value)
+        )
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
+        )
+        y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)  # (B, T, nh*hs)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(config.d_model, config.d_ff, bias=config.bias)
+        self.c_proj = nn.Linear(config.d_ff, config.d_model, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x))))  # exact (erf) GELU, as BERT
+
+
+class EncoderBlock(nn.Module):
+    """Post-norm block: x = LN(x + attn(x)), then x = LN(x + mlp(x))."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.attn = SelfAttention(config)
+        self.ln_1 = nn.LayerNorm(config.d_model, eps=config.norm_eps)
+        self.mlp = MLP(config)
+        self.ln_2 = nn.LayerNorm(config.d_model, eps=config.norm_eps)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+        x = self.ln_1(x + self.attn(x, attn_mask))
+        return self.ln_2(x + self.mlp(x))
+
+
+def padding_mask_to_bias(attention_mask: torch.Tensor) -> torch.Tensor | None:
+    """Boolean SDPA mask (B, 1, 1, T) over keys, True = real token; None when nothing is padded.
+
+    Every query (pads too) attends to all real keys, exactly as BERT's additive mask does; a row
+    never ends up all-masked because every sequence has real tokens ([CLS] at least).
+    """
+    if bool(attention_mask.all()):
+        return None
+    return attention_mask.bool()[:, None, None, :]
+
+
+class Encoder(nn.Module):
+    """BERT: embeddings -> post-norm blocks. `forward` returns hidden states (no LM head)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        if config.arch != "bert":
+            raise GptclfError(f"Encoder needs a config with arch 'bert', got {config.arch!r}")
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.d_model)
+        self.wpe = nn.Embedding(config.context_length, config.d_model)
+        self.wtt = nn.Embedding(config.type_vocab_size, config.d_model)
+        self.ln_emb = nn.LayerNorm(config.d_model, eps=config.norm_eps)
+        self.drop = nn.Dropout(config.dropout)
+        self.h = nn.ModuleList(EncoderBlock(config) for _ in range(config.n_layer))
+        self.ln_f = nn.Identity()  # post-norm: every block already ends with a LayerNorm
+        self.lm_head: nn.Module | None = None  # the MLM head is not loaded
+        if self.wte.weight.device.type != "meta":  # from_state_dict assigns real weights anyway
+            self.reset_parameters()
+
+    @classmethod
+    def from_state_dict(cls, config: ModelConfig, state_dict: dict[str, torch.Tensor]) -> Encoder:
+        """Build directly from converted weights (strict: same keys, same shapes), no random init."""
+        with torch.device("meta"):
+            model = cls(config)
+        expected = model.state_dict()
+        missing = sorted(set(expected) - set(state_dict))
+        unexpected = sorted(set(state_dict) - set(expected))
+        if missing or unexpected:
+            raise GptclfError(
+                f"weights do not fit {config.name}: missing {missing[:3]}, unexpected {unexpected[:3]}"
+            )
+        for key, tensor in state_dict.items():
+            if tensor.shape != expected[key].shape:
+                raise GptclfError(
+                    f"weight {key} has shape {tuple(tensor.shape)}, "
+                    f"expected {tuple(expected[key].shape)} for {config.name}"
+                )
+        model.load_state_dict(state_dict, strict=True, assign=True)
+        return model
+
+    def init_buffers(self) -> None:
+        """Nothing derived to recompute (kept for the backbone protocol, see `GPT.init_buffers`)."""
+
+    def reset_parameters(self) -> None:
+        """BERT initialisation: N(0, 0.02) for matrices and embeddings, zero biases, unit norms."""
+        for name, p in self.named_parameters():
+            if p.dim() >= 2:
+                nn.init.normal_(p, mean=0.0, std=0.02)
+            elif name.endswith("bias"):
+                nn.init.zeros_(p)
+            else:
+                nn.init.ones_(p)
+
+    def embed(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """LayerNorm(token + position + token-type-0 embeddings) (B, T, d): the input of block 0.
+
+        Positions are 0..T-1 whatever the mask, as in BERT (batches are right-padded).
+        """
+        T = input_ids.shape[1]
+        if T > self.config.context_length:
+            raise ValueError(f"sequence length {T} exceeds context {self.config.context_length}")
+        positions = torch.arange(T, device=input_ids.device)
+        x = self.wte(input_ids) + self.wpe(positions) + self.wtt.weight[0]
+        return self.drop(self.ln_emb(x))
+
+    def run_blocks(
+        self,
+        x: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        start: int = 0,
+        stop: int | None = None,
+    ) -> torch.Tensor:
+        """Apply blocks[start:stop] to hidden states x (B, T, d_model); pad keys are masked out."""
+        attn_mask = None if attention_mask is None else padding_mask_to_bias(attention_mask)
+        for block in self.h[start:stop]:
+            x = block(x, attn_mask)
+        return x
+
+    def hidden_states(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Last-layer hidden states (B, T, d_model), BERT's `last_hidden_state`."""
+        return self.run_blocks(self.embed(input_ids, attention_mask), attention_mask)
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Hidden states (B, T, d_model): an encoder has no LM head here."""
+        return self.hidden_states(input_ids, attention_mask)
