@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt Makefile
 	touch $@
 
 main: install
-	$(BIN)/gptclf train --weights random --out runs/main $(ARGS)
+	$(BIN)/gptclf train --recipe smollm2 --out runs/main $(ARGS)
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -103,7 +103,7 @@ def check_data_options(cfg: TrainConfig) -> None:
 RECIPES: dict[str, dict[str, Any]] = {
     "book": {},
     "smollm2": dict(model="smollm2-135m", pool="last_real", padding="dynamic", precision="bf16",
-                    trainable="last_block", lr=2e-4),
+                    trainable="last_two_blocks", lr=2e-4),
 }
 
 
@@ -225,7 +225,7 @@ def fit(cfg: TrainConfig) -> dict[str, Any]:
 
     generator = torch.Generator().manual_seed(cfg.seed)
     n_batches = max(len(train) // cfg.batch_size, 1)
-    history, best_acc, best_state, examples_seen = [], -1.0, None, 0
+    history, best_key, best_state, examples_seen = [], None, None, 0
     steps: list[tuple[int, float, float]] = []  # (examples seen, loss, accuracy) per batch
     for epoch in range(1, cfg.epochs + 1):
         model.train()
@@ -283,8 +283,11 @@ def fit(cfg: TrainConfig) -> dict[str, Any]:
             val["loss"],
             100 * val["accuracy"],
         )
-        if val["accuracy"] > best_acc:
-            best_acc = val["accuracy"]
+        # Best by validation accuracy; ties (frequent on a small validation set) go to the lower
+        # validation loss.
+        key = (val["accuracy"], -val["loss"])
+        if best_key is None or key > best_key:
+            best_key, best_epoch = key, epoch
             best_state = {
                 k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad
             }
@@ -299,7 +302,7 @@ def fit(cfg: TrainConfig) -> dict[str, Any]:
         for name in SPLITS
     }
     metrics.update(
-        best_epoch=max(history, key=lambda h: h["validation_accuracy"])["epoch"],
+        best_epoch=best_epoch,
         train_seconds=train_seconds,
         cache_seconds=cache_seconds,
         total_seconds=time.perf_counter() - started,

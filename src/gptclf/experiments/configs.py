@@ -1,0 +1,316 @@
+"""Every row of the results table as a named config: `TrainConfig` overrides + what it answers.
+
+The seven questions of the book's bonus experiments (chapter 6), asked of the models this machine
+has offline: which layers to train, which token feeds the head, BERT vs GPT, the causal mask,
+model size, LoRA, padding. Each row varies one factor of a reference and spells out every factor
+(`FACTORS`), so `docs/RESULTS.md` can show what differs. `book` is the test accuracy (%) of the
+corresponding row of the book's bonus table (GPT-2 small, pretrained, one seed, unless `book_row`
+says otherwise): a point of comparison, not a target.
+
+References:
+- `SMOLLM2` = `RECIPES["smollm2"]` (the main job: SmolLM2-135M, last block, last real token,
+  dynamic padding, bf16, lr 2e-4, 5 epochs); most rows vary one factor of it.
+- `BOOK` = the `TrainConfig` defaults (the book's chapter 6: GPT-2 small, last token, longest
+  padding, fp32, lr 5e-5); the pretrained GPT-2 rows use it, so they are the book's rows exactly.
+
+Epochs, and what the table costs on the 2-core CPU it was planned on (`cpu_minutes`, per seed;
+from `benchmarks/results/tune_smollm2.jsonl`, where SmolLM2 `last_block` x 5 epochs took 1.5-4
+minutes and `last_4` x 5 epochs 17 minutes, i.e. roughly 40 s per trainable block and epoch):
+- Rows whose trainable part sits on top of frozen blocks (head, last block, last two blocks, any
+  pooling, padding or mask) are cheap: the prefix cache runs the frozen blocks once per example,
+  and each epoch only runs the trainable top. They keep the book's 5 epochs.
+- `trainable=all` and LoRA on a 135M model cannot be cached (something trainable sits in block 0),
+  so every step runs all 30 blocks forward and backward: about 25 minutes per epoch. They get 2
+  epochs (the tuning log's larger trainable sets peaked at epoch 1-2), and all-layer finetuning of
+  pretrained weights uses the book's lr 5e-5 (2e-4 was tuned for one block).
+- Random-init rows train every layer from scratch, 2 epochs each, at the recipe's lr 2e-4.
+- `gpu_only` rows would take many hours (or days) on that CPU; the runner skips them without CUDA.
+Everything runnable offline adds up to about 3 hours per seed, 9 for the default three seeds
+(`gptclf experiments list` sums the estimates). Pretrained GPT-2 rows run only where their
+weights are cached.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from gptclf.batching import PADDING_MODES
+from gptclf.classifier import POOL_MODES
+from gptclf.errors import GptclfError
+from gptclf.lora import LORA_SCALINGS, LORA_TARGETS
+from gptclf.train import RECIPES, TrainConfig
+
+
+@dataclass(frozen=True)
+class Question:
+    title: str  # section heading in docs/RESULTS.md
+    text: str  # what it asks, one sentence
+    references: tuple[str, ...] = ()  # rows of other questions shown in its table for comparison
+
+
+QUESTIONS: dict[str, Question] = {
+    "trainable": Question(
+        "Which layers should train?",
+        "Only the class head, the last block, the last two blocks, or every layer?",
+    ),
+    "pool": Question(
+        "Last token or first token?",
+        "Which position's hidden state should feed the class head: the last position (pads "
+        "included, the book), the last real token, the first token, or the mean over real tokens?",
+        references=("smollm2",),
+    ),
+    "bert_vs_gpt": Question(
+        "BERT or GPT?",
+        "Does a small bidirectional encoder (all-MiniLM-L6-v2, 22.7M) classify as well as a "
+        "decoder (SmolLM2-135M)?",
+        references=("smollm2", "smollm2-all"),
+    ),
+    "causal_mask": Question(
+        "Does the causal mask matter?",
+        "What changes when the decoder lets every token attend to every real token?",
+        references=("smollm2", "smollm2-pool-first"),
+    ),
+    "model_size": Question(
+        "Does a bigger model help?",
+        "Pretrained GPT-2 sizes (the book's rows, where their weights are cached) and GPT-2 "
+        "shapes trained from a random init.",
+        references=("smollm2",),
+    ),
+    "lora": Question(
+        "Is LoRA as good as finetuning layers?",
+        "LoRA adapters on every linear of every block, against the last block and all layers.",
+        references=("smollm2", "smollm2-all"),
+    ),
+    "padding": Question(
+        "How should batches be padded?",
+        "To the longest training text, to the model's context, per batch (dynamic), or not at "
+        "all (batch size 1 with gradient accumulation 8)?",
+        references=("smollm2",),
+    ),
+}
+BASELINE_QUESTION = "baseline"  # the TF-IDF row: shown beside every question's rows
+
+# The factors each row spells out (the rest of TrainConfig keeps its defaults: book split, ...).
+FACTORS = (
+    "model", "weights", "trainable", "pool", "padding", "causal", "lora_rank", "lora_alpha",
+    "lora_targets", "lora_scaling", "batch_size", "grad_accum", "lr", "epochs", "precision",
+)  # fmt: skip
+_DEFAULTS = TrainConfig()
+BOOK: dict[str, Any] = {f: getattr(_DEFAULTS, f) for f in FACTORS}
+SMOLLM2: dict[str, Any] = {**BOOK, **RECIPES["smollm2"]}
+REFERENCE = "smollm2"  # the row every "setting" column is described against
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One row of the table: how to train it and what it answers."""
+
+    name: str
+    question: str  # a key of QUESTIONS, or BASELINE_QUESTION
+    label: str  # short, for tables and charts
+    overrides: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields
+    book: str | None = None  # the book's test accuracy in %, e.g. "95.00" or "98.00–98.33"
+    book_row: str | None = None  # which row of the book's table that is
+    method: Literal["fit", "tfidf"] = "fit"  # gptclf.train.fit, or the TF-IDF baseline
+    gpu_only: str | None = None  # why a CPU cannot run it in reasonable time (skipped without CUDA)
+    cpu_minutes: float | None = None  # estimated per seed on a 2-core CPU (None: not on a CPU)
+    note: str = ""  # one line: why a factor differs from the reference, etc.
+
+    def train_config(self, seed: int = 123, **extra: Any) -> TrainConfig:
+        """The TrainConfig of one seed: no checkpoint, no report, no progress bar."""
+        settings = {**self.overrides, "out": None, "report": False, "progress": False, **extra}
+        return TrainConfig(**{**settings, "seed": seed})
+
+    def book_values(self) -> list[float]:
+        """The book's number(s) as floats (a range gives both ends)."""
+        return [float(x) for x in re.findall(r"\d+(?:\.\d+)?", self.book or "")]
+
+
+def _smollm2(**changes: Any) -> dict[str, Any]:
+    return {**SMOLLM2, **changes}
+
+
+def _book(**changes: Any) -> dict[str, Any]:
+    return {**BOOK, **changes}
+
+
+_ALL_LR = 5e-5  # all-layer finetuning of pretrained weights: the book's lr (see the module doc)
+_RANDOM = dict(weights="random", trainable="all", epochs=2)  # from scratch, every layer
+
+EXPERIMENTS_LIST: list[Experiment] = [
+    # 1. Which layers train
+    Experiment(
+        "smollm2-head", "trainable", "head only", _smollm2(trainable="head"),
+        book="72.00", book_row="last layer (output head) only", cpu_minutes=1.5,
+    ),
+    Experiment(
+        "smollm2-last-block", "trainable", "last block", _smollm2(trainable="last_block"),
+        book="98.33", book_row="last block, last non-padding token", cpu_minutes=3,
+    ),
+    Experiment(
+        "smollm2", "trainable", "last two blocks (the smollm2 recipe)", _smollm2(),
+        book="98.33", book_row="last two blocks", cpu_minutes=5,
+    ),
+    Experiment(
+        "smollm2-all", "trainable", "all layers", _smollm2(trainable="all", lr=_ALL_LR, epochs=2),
+        book="96.67", book_row="all layers", cpu_minutes=50,
+        note="2 epochs (uncached, ~25 min each on 2 cores); lr 5e-5 for all-layer finetuning",
+    ),
+    # 2. Which token feeds the head
+    Experiment(
+        "smollm2-pool-last", "pool", "last position (pads included)",
+        _smollm2(pool="last", padding="longest"),
+        book="95.00", book_row="last token, last block", cpu_minutes=8,
+        note="padding=longest as in the book: with `last`, dynamic padding would make a text's "
+        "features depend on its batch-mates (and turn the prefix cache off)",
+    ),
+    Experiment(
+        "smollm2-pool-first", "pool", "first token", _smollm2(pool="first"),
+        book="75.00", book_row="first token, last block", cpu_minutes=3,
+    ),
+    Experiment(
+        "smollm2-pool-mean", "pool", "mean over real tokens", _smollm2(pool="mean"),
+        book="96.33", book_row="mean over all tokens", cpu_minutes=3,
+    ),
+    # 3. BERT vs GPT
+    Experiment(
+        "minilm-cls", "bert_vs_gpt", "MiniLM-L6, [CLS], last block",
+        _smollm2(model="minilm-l6", pool="cls"), cpu_minutes=1,
+    ),
+    Experiment(
+        "minilm-mean", "bert_vs_gpt", "MiniLM-L6, mean, last block",
+        _smollm2(model="minilm-l6", pool="mean"), cpu_minutes=1,
+    ),
+    Experiment(
+        "minilm-all", "bert_vs_gpt", "MiniLM-L6, [CLS], all layers",
+        _smollm2(model="minilm-l6", pool="cls", trainable="all", lr=_ALL_LR), cpu_minutes=10,
+        note="5 epochs: 22.7M parameters are cheap enough; lr 5e-5 as for smollm2-all",
+    ),
+    # 4. The causal mask
+    Experiment(
+        "smollm2-no-causal-mask", "causal_mask", "no causal mask", _smollm2(causal=False),
+        book="95.33", book_row="no causal mask (last token)", cpu_minutes=3,
+    ),
+    Experiment(
+        "smollm2-no-causal-mask-first", "causal_mask", "no causal mask, first token",
+        _smollm2(causal=False, pool="first"), cpu_minutes=3,
+        note="without the mask the first token sees the whole text: is the mask what sinks "
+        "first-token pooling?",
+    ),
+    # 5. Model size
+    Experiment(
+        "gpt2-small", "model_size", "GPT-2 small 124M (book recipe)", _book(),
+        book="95.00", book_row="gpt2-small, last token, last block", cpu_minutes=6,
+    ),
+    Experiment(
+        "gpt2-medium", "model_size", "GPT-2 medium 355M (book recipe)", _book(model="gpt2-medium"),
+        book="84.67", book_row="gpt2-medium, last block", cpu_minutes=15,
+    ),
+    Experiment(
+        "gpt2-large", "model_size", "GPT-2 large 774M (book recipe)", _book(model="gpt2-large"),
+        book="96.67", book_row="gpt2-large, last block", cpu_minutes=35,
+    ),
+    Experiment(
+        "gpt2-xl", "model_size", "GPT-2 XL 1558M (book recipe)", _book(model="gpt2-xl"),
+        book="98.33–98.67", book_row="gpt2-xl, last block (98.33) or all layers (98.67)",
+        cpu_minutes=75,
+    ),
+    Experiment(
+        "gpt2-tiny-random", "model_size", "GPT-2 tiny shape, random init",
+        _smollm2(model="gpt2-tiny", **_RANDOM), cpu_minutes=0.5,
+        note="2 layers, d=32 (the test preset): the smallest point of the random-init curve",
+    ),
+    Experiment(
+        "gpt2-small-random", "model_size", "GPT-2 small shape, random init",
+        _smollm2(model="gpt2-small", **_RANDOM),
+        book="93.67", book_row="gpt2-small, random weights, all layers", cpu_minutes=35,
+        note="2 epochs (every layer trains, ~16 min per epoch on 2 cores); the book trained 5",
+    ),
+    Experiment(
+        "gpt2-medium-random", "model_size", "GPT-2 medium shape, random init",
+        _smollm2(model="gpt2-medium", **_RANDOM), cpu_minutes=120,
+        gpu_only="355M parameters trained from scratch: about 2 hours per seed on 2 CPU cores",
+    ),
+    # 6. LoRA
+    Experiment(
+        "smollm2-lora", "lora", "LoRA r=8, α=16, all linears", _smollm2(trainable="lora", epochs=2),
+        book="96.67", book_row="LoRA (r=16, α=16, scaled by α)", cpu_minutes=35,
+        note="2 epochs: adapters in block 0 leave nothing to cache (backward runs through all "
+        "30 blocks)",
+    ),
+    # 7. Padding
+    Experiment(
+        "smollm2-pad-longest", "padding", "pad to the longest training text",
+        _smollm2(padding="longest"),
+        book="98.33", book_row="longest training text, last non-padding token", cpu_minutes=8,
+    ),
+    Experiment(
+        "smollm2-pad-max-context", "padding", "pad to the context (8,192 tokens)",
+        _smollm2(padding="max_context"),
+        book="78.33", book_row="pad to the 1,024-token context, last token",
+        gpu_only="every text padded to SmolLM2's 8,192-token context (~180x the tokens of dynamic "
+        "padding, too large to cache): days per seed on 2 CPU cores",
+    ),
+    Experiment(
+        "smollm2-pad-none", "padding", "no padding (batch 1, grad. accumulation 8)",
+        _smollm2(batch_size=1, grad_accum=8),
+        book="98.00–98.33", book_row="no padding (batch size 1)", cpu_minutes=10,
+    ),
+    # Baseline: beside every question
+    Experiment(
+        "tfidf-logreg", BASELINE_QUESTION, "TF-IDF + logistic regression",
+        method="tfidf", cpu_minutes=0.1,
+        note="word 1-2-gram TF-IDF, L2 logistic regression, C chosen on the validation split",
+    ),
+]  # fmt: skip
+EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in EXPERIMENTS_LIST}
+assert len(EXPERIMENTS) == len(EXPERIMENTS_LIST), "duplicate experiment names"
+
+
+def select(names: list[str] | str, experiments: dict[str, Experiment]) -> list[Experiment]:
+    """The named experiments, in table order ("all" or ["all"] = every one); unknown → error."""
+    names = [names] if isinstance(names, str) else list(names)
+    if names == ["all"]:
+        return list(experiments.values())
+    unknown = [n for n in names if n not in experiments]
+    if unknown:
+        raise GptclfError(
+            f"unknown experiment(s) {', '.join(map(repr, unknown))}; see `gptclf experiments list`"
+        )
+    if not names:
+        raise GptclfError("no experiments named (give names or --all)")
+    wanted = set(names)
+    return [e for e in experiments.values() if e.name in wanted]
+
+
+def validate(exp: Experiment) -> TrainConfig:
+    """Check a row without running it: its TrainConfig builds and every option is a known one."""
+    from gptclf.weights.registry import KNOWN_MODELS
+
+    where = f"experiment {exp.name!r}"
+    if exp.question not in (*QUESTIONS, BASELINE_QUESTION):
+        raise GptclfError(f"{where}: unknown question {exp.question!r}")
+    unknown = set(exp.overrides) - {f.name for f in dataclasses.fields(TrainConfig)}
+    if unknown:
+        raise GptclfError(f"{where}: not TrainConfig fields: {', '.join(sorted(unknown))}")
+    cfg = exp.train_config()
+    if exp.method == "tfidf":
+        return cfg
+    if cfg.model not in KNOWN_MODELS:
+        raise GptclfError(f"{where}: unknown model {cfg.model!r}")
+    if cfg.weights not in ("pretrained", "random"):
+        raise GptclfError(f"{where}: weights must be pretrained or random")
+    for flag, value, known in (
+        ("pool", cfg.pool, POOL_MODES),
+        ("padding", cfg.padding, PADDING_MODES),
+        ("lora_targets", cfg.lora_targets, LORA_TARGETS),
+        ("lora_scaling", cfg.lora_scaling, LORA_SCALINGS),
+    ):
+        if value not in known:
+            raise GptclfError(f"{where}: {flag} {value!r} is not one of {', '.join(known)}")
+    if not re.fullmatch(r"head|all|lora|last_block|last_two_blocks|last_\d+", cfg.trainable):
+        raise GptclfError(f"{where}: unknown trainable spec {cfg.trainable!r}")
+    return cfg

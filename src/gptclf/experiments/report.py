@@ -1,0 +1,370 @@
+"""`docs/RESULTS.md` and its bar charts, generated from the cached results only.
+
+Per question: a table (mean ± sample standard deviation over seeds of test accuracy, F1 and train
+time; trainable parameters; seeds; the book's number beside ours), a few sentences templated from
+those numbers, and a PNG bar chart with error bars (matplotlib, no pyplot). Rows without results
+say "not run yet". Nothing here is typed in: edit the runs, not the document.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import textwrap
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gptclf.checkpoint import atomic_write
+from gptclf.experiments.configs import (
+    BASELINE_QUESTION,
+    EXPERIMENTS,
+    FACTORS,
+    QUESTIONS,
+    REFERENCE,
+    Experiment,
+    Question,
+)
+from gptclf.experiments.runner import default_results_dir, load_results, repo_root, skip_reason
+
+log = logging.getLogger(__name__)
+
+REGENERATE = "gptclf experiments run --all --seeds 123,124,125 && gptclf experiments report"
+
+
+def default_out() -> Path:
+    return (repo_root() or Path.cwd()) / "docs" / "RESULTS.md"
+
+
+def mean_std(values: list[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (None for a single value)."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
+def fmt_pm(mean: float, std: float | None, digits: int = 2) -> str:
+    return f"{mean:.{digits}f}" if std is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def fmt_params(n: int | None) -> str:
+    if n is None:
+        return "–"
+    for unit, size in (("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return str(n)
+
+
+@dataclass
+class Row:
+    """One table row: an experiment and the statistics of its cached results."""
+
+    exp: Experiment
+    records: list[dict[str, Any]] = field(default_factory=list)
+    reference: bool = False  # shown for comparison, belongs to another question
+
+    @property
+    def n(self) -> int:
+        return len(self.records)
+
+    def stat(self, key: str, scale: float = 1.0) -> tuple[float, float | None]:
+        return mean_std([scale * r[key] for r in self.records])
+
+    @property
+    def acc(self) -> float:
+        return self.stat("test_accuracy", 100)[0]
+
+    @property
+    def acc_std(self) -> float | None:
+        return self.stat("test_accuracy", 100)[1]
+
+    @property
+    def seconds(self) -> float:
+        return self.stat("train_seconds")[0]
+
+    @property
+    def params(self) -> int:
+        return self.records[0]["trainable_params"]
+
+
+def setting(exp: Experiment, experiments: dict[str, Experiment]) -> str:
+    """What differs from the reference row, as `factor=value` pairs."""
+    if exp.method != "fit":
+        return exp.note
+    reference = experiments.get(REFERENCE)
+    if reference is None or exp.name == REFERENCE:
+        return "reference" if exp.name == REFERENCE else ""
+    parts = []
+    for key in FACTORS:
+        value = exp.overrides.get(key)
+        if value == reference.overrides.get(key):
+            continue
+        if key == "causal":
+            parts.append("causal mask" if value else "no causal mask")
+        else:
+            parts.append(f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}")
+    return ", ".join(parts)
+
+
+def table(
+    rows: list[Row], experiments: dict[str, Experiment], reasons: dict[str, str | None]
+) -> list[str]:
+    lines = [
+        "| row | setting | test accuracy % | test F1 % | train s | trainable params | seeds "
+        "| book % | book's row |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        exp = row.exp
+        role = "baseline" if exp.question == BASELINE_QUESTION else "reference"
+        name = f"{exp.label} (`{exp.name}`)" + (f" · {role}" if row.reference else "")
+        book = [exp.book or "–", exp.book_row or "–"]
+        if not row.n:
+            reason = reasons.get(exp.name)
+            status = "not run yet" + (f" ({reason})" if reason else "")
+            lines.append(
+                f"| {name} | {setting(exp, experiments)} | {status} | | | | 0 | "
+                + " | ".join(book)
+                + " |"
+            )
+            continue
+        cells = [
+            fmt_pm(*row.stat("test_accuracy", 100)),
+            fmt_pm(*row.stat("test_f1", 100)),
+            fmt_pm(*row.stat("train_seconds"), digits=1),
+            fmt_params(row.params),
+            str(row.n),
+        ]
+        lines.append(f"| {name} | {setting(exp, experiments)} | " + " | ".join(cells + book) + " |")
+    return lines
+
+
+def answer(rows: list[Row], baseline: Row | None) -> list[str]:
+    """Plain sentences from the numbers: which row is best and by how much, whether the gap
+    exceeds the seed-to-seed spread, what it costs; then the book and the baseline beside it."""
+    ran = sorted((r for r in rows if r.n), key=lambda r: -r.acc)
+    if len(ran) < 2:
+        return [f"Not enough rows have results yet to answer this ({len(ran)} of {len(rows)} run)."]
+    best, second = ran[0], ran[1]
+    gap = best.acc - second.acc
+    if gap < 0.005:
+        out = [
+            f"{best.exp.label} and {second.exp.label} tie for first at {best.acc:.2f}% test "
+            "accuracy."
+        ]
+    else:
+        out = [
+            f"{best.exp.label} is best at {best.acc:.2f}% test accuracy, {gap:.2f} points above "
+            f"{second.exp.label} ({second.acc:.2f}%)."
+        ]
+    stds = [s for s in (best.acc_std, second.acc_std) if s is not None]
+    if len(stds) < 2:
+        out.append("One of them has a single seed, so there is no spread yet to judge that gap by.")
+    elif gap > max(stds):
+        out.append(
+            f"That gap is larger than either row's standard deviation over seeds (at most "
+            f"{max(stds):.2f} points), so the order is not a seed accident."
+        )
+    else:
+        out.append(
+            f"That gap is within the standard deviation over seeds (up to {max(stds):.2f} "
+            f"points): with {min(best.n, second.n)} seeds the two are not distinguishable."
+        )
+    fastest = min(ran, key=lambda r: r.seconds)
+    if fastest is best:
+        out.append(
+            f"It is also the fastest to train ({best.seconds:.1f} s, "
+            f"{fmt_params(best.params)} trainable parameters)."
+        )
+    else:
+        out.append(
+            f"It trains {fmt_params(best.params)} parameters in {best.seconds:.1f} s; the "
+            f"fastest row, {fastest.exp.label}, takes {fastest.seconds:.1f} s "
+            f"({fmt_params(fastest.params)} trainable parameters) for {fastest.acc:.2f}%."
+        )
+    beside = []
+    booked = [r for r in ran if r.exp.book_values()]
+    if len(booked) >= 2:
+        book_best = max(booked, key=lambda r: max(r.exp.book_values()))
+        if book_best is booked[0]:
+            beside.append(
+                f"The book's GPT-2 table also ranks {book_best.exp.label} first of the "
+                f"rows it has ({book_best.exp.book}%)."
+            )
+        else:
+            beside.append(
+                f"The book's GPT-2 table ranks {book_best.exp.label} first of the rows it "
+                f"has ({book_best.exp.book}%); here {booked[0].exp.label} leads them."
+            )
+    if baseline is not None and baseline.n:
+        d = best.acc - baseline.acc
+        beside.append(
+            f"The TF-IDF baseline reaches {baseline.acc:.2f}%, {abs(d):.2f} points "
+            f"{'below' if d > 0 else 'above'} the best row here."
+        )
+    return [s[0].upper() + s[1:] for s in out + beside]
+
+
+def chart(title: str, rows: list[Row], path: Path) -> Path | None:
+    """Bar chart of test accuracy (mean, error bar = std over seeds), the book's number as a tick."""
+    from matplotlib.figure import Figure
+
+    ran = [r for r in rows if r.n]
+    if not ran:
+        path.unlink(missing_ok=True)  # no stale chart for a question with no results
+        return None
+    fig = Figure(figsize=(max(4.5, 1.0 * len(ran) + 2), 4.2), dpi=100, layout="constrained")
+    ax = fig.add_subplot()
+    x = np.arange(len(ran))
+    means = np.array([r.acc for r in ran])
+    errs = np.array([r.acc_std or 0.0 for r in ran])
+    colors = [
+        "tab:olive"
+        if r.exp.question == BASELINE_QUESTION
+        else "tab:gray"
+        if r.reference
+        else "tab:blue"
+        for r in ran
+    ]
+    ax.bar(x, means, yerr=errs, capsize=4, color=colors)
+    book = [(i, v) for i, r in enumerate(ran) for v in r.exp.book_values()]
+    if book:
+        ax.plot(
+            [i for i, _ in book],
+            [v for _, v in book],
+            "_",
+            color="black",
+            markersize=22,
+            markeredgewidth=2,
+            label="book (GPT-2)",
+        )
+        ax.legend(loc="lower right", fontsize="small")
+    low = min([*(means - errs), *(v for _, v in book)])
+    ax.set_ylim(max(0.0, np.floor(low / 5) * 5 - 5), 100.5)
+    ax.set_xticks(
+        x, [textwrap.fill(r.exp.label, 18) for r in ran], fontsize="small", rotation=30, ha="right"
+    )
+    ax.set_ylabel("test accuracy (%), mean ± std over seeds")
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    return path
+
+
+def fmt_duration(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
+
+
+def overview(
+    results: dict[str, list[dict[str, Any]]], experiments: dict[str, Experiment]
+) -> list[str]:
+    records = [r for rs in results.values() for r in rs]
+    if not records:
+        return ['No results yet: every row below says "not run yet".']
+    total = sum(r["total_seconds"] for r in records)
+    training = sum(r["train_seconds"] for r in records)
+    seeds = sorted({r["seed"] for r in records})
+    hardware = Counter(r["hardware"]["summary"] for r in records)
+    versions = Counter(
+        ", ".join(
+            f"{k} {v}" for k, v in r["versions"].items() if k in ("gptclf", "torch", "python")
+        )
+        for r in records
+    )
+    data = Counter(
+        "`{}` ({} split), train / validation / test = {} / {} / {} texts".format(
+            r["config"]["train_config"]["data"],
+            r["config"]["train_config"]["split"],
+            *(r["metrics"][s]["n"] for s in ("train", "validation", "test")),
+        )
+        for r in records
+    )
+    lines = [
+        f"{len(records)} runs: {len(results)} of {len(experiments)} rows, seeds "
+        f"{', '.join(map(str, seeds))}. Total compute {fmt_duration(total)} "
+        f"({fmt_duration(training)} of it training, the rest loading data and models and "
+        "evaluating).",
+        "",
+        "Data:",
+        "",
+        *(f"- {d}: {n} runs" for d, n in data.most_common()),
+        "",
+        "Hardware:",
+        "",
+    ]
+    lines += [f"- {hw}: {n} runs" for hw, n in hardware.most_common()]
+    lines += ["", "Versions:", ""] + [f"- {v}: {n} runs" for v, n in versions.most_common()]
+    return lines
+
+
+def write(
+    results_dir: str | Path | None = None,
+    out: str | Path | None = None,
+    experiments: dict[str, Experiment] | None = None,
+    questions: dict[str, Question] | None = None,
+) -> list[Path]:
+    """Regenerate the Markdown report and one chart per question; returns the files written."""
+    experiments = EXPERIMENTS if experiments is None else experiments
+    questions = QUESTIONS if questions is None else questions
+    results_dir = Path(results_dir) if results_dir is not None else default_results_dir()
+    out = Path(out) if out is not None else default_out()
+    results = load_results(results_dir, experiments)
+    reasons = {name: skip_reason(exp) for name, exp in experiments.items() if name not in results}
+    charts_dir = out.parent / out.stem.lower()
+    baseline = next(
+        (
+            Row(e, results.get(e.name, []), reference=True)
+            for e in experiments.values()
+            if e.question == BASELINE_QUESTION
+        ),
+        None,
+    )
+    try:
+        shown_dir = results_dir.resolve().relative_to((repo_root() or Path.cwd()).resolve())
+    except ValueError:
+        shown_dir = results_dir
+    lines = [
+        "# Results: the seven questions",
+        "",
+        f"Generated by `gptclf experiments report` from the cached runs in `{shown_dir}/` (one JSON "
+        "per row and seed): do not edit by hand. To rerun what is missing and regenerate:",
+        "",
+        "```bash",
+        REGENERATE,
+        "```",
+        "",
+        "Numbers are the mean ± sample standard deviation over seeds on the test split (each "
+        'run keeps its best epoch by validation accuracy). "book %" is the test accuracy of the '
+        "corresponding row of the book's bonus table (chapter 6; GPT-2 small, pretrained, one "
+        "seed, unless its row says otherwise): a point of reference, not the same model. Each "
+        f"row lists what differs from the reference row `{REFERENCE}` (`gptclf train --recipe "
+        "smollm2`); row definitions: `src/gptclf/experiments/configs.py`. Charts: this "
+        "question's rows in blue, reference rows in grey, the baseline in olive, the book as "
+        "black ticks; error bars are the standard deviation over seeds.",
+        "",
+        *overview(results, experiments),
+    ]
+    written = []
+    for i, (qid, question) in enumerate(questions.items(), start=1):
+        own = [Row(e, results.get(e.name, [])) for e in experiments.values() if e.question == qid]
+        refs = [
+            Row(experiments[n], results.get(n, []), reference=True)
+            for n in question.references
+            if n in experiments
+        ]
+        rows = own + refs
+        lines += ["", f"## {i}. {question.title}", "", question.text, ""]
+        lines += table(rows + ([baseline] if baseline else []), experiments, reasons)
+        lines += ["", " ".join(answer(rows, baseline))]
+        path = chart(
+            question.title, rows + ([baseline] if baseline else []), charts_dir / f"{qid}.png"
+        )
+        if path is not None:
+            written.append(path)
+            lines += ["", f"![{question.title}]({charts_dir.name}/{qid}.png)"]
+    lines.append("")
+    atomic_write(out, lambda tmp: tmp.write_text("\n".join(lines), encoding="utf-8"))
+    log.info("wrote %s and %d charts", out, len(written))
+    return [out, *written]

