@@ -74,7 +74,9 @@ def bench_ch6_book() -> dict:
     from torch.utils.data import DataLoader, TensorDataset
 
     tok, splits = encoded_book_split()
-    max_len = max(len(s) for s in splits[0][0])  # the book pads everything to the longest train text
+    max_len = max(
+        len(s) for s in splits[0][0]
+    )  # the book pads everything to the longest train text
 
     def loader(ids, labels, train):
         padded = [s[:max_len] + [tok.pad_id] * (max_len - len(s[:max_len])) for s in ids]
@@ -86,8 +88,15 @@ def bench_ch6_book() -> dict:
     train_loader, val_loader, test_loader = (
         loader(ids, labels, i == 0) for i, (ids, labels) in enumerate(splits)
     )
-    cfg = {"vocab_size": 50257, "context_length": 1024, "emb_dim": 768, "n_heads": 12,
-           "n_layers": 12, "drop_rate": 0.0, "qkv_bias": True}
+    cfg = {
+        "vocab_size": 50257,
+        "context_length": 1024,
+        "emb_dim": 768,
+        "n_heads": 12,
+        "n_layers": 12,
+        "drop_rate": 0.0,
+        "qkv_bias": True,
+    }
     model = GPTModel(cfg)
     for p in model.parameters():
         p.requires_grad = False
@@ -95,13 +104,25 @@ def bench_ch6_book() -> dict:
     for p in [*model.trf_blocks[-1].parameters(), *model.final_norm.parameters()]:
         p.requires_grad = True
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5, weight_decay=0.1)
-    train_classifier_simple(model, train_loader, val_loader, optimizer, "cpu",
-                            num_epochs=EPOCHS, eval_freq=50, eval_iter=5)
-    accuracy = {name: calc_accuracy_loader(dl, model, "cpu")
-                for name, dl in (("train", train_loader), ("validation", val_loader),
-                                 ("test", test_loader))}
-    return {"seconds": time.perf_counter() - start, "test_accuracy": accuracy["test"],
-            "validation_accuracy": accuracy["validation"]}
+    train_classifier_simple(
+        model,
+        train_loader,
+        val_loader,
+        optimizer,
+        "cpu",
+        num_epochs=EPOCHS,
+        eval_freq=50,
+        eval_iter=5,
+    )
+    accuracy = {
+        name: calc_accuracy_loader(dl, model, "cpu")
+        for name, dl in (("train", train_loader), ("validation", val_loader), ("test", test_loader))
+    }
+    return {
+        "seconds": time.perf_counter() - start,
+        "test_accuracy": accuracy["test"],
+        "validation_accuracy": accuracy["validation"],
+    }
 
 
 def _ours(**overrides) -> dict:
@@ -109,13 +130,18 @@ def _ours(**overrides) -> dict:
 
     start = time.perf_counter()
     m = fit(TrainConfig(progress=False, epochs=EPOCHS, **overrides))
-    return {"seconds": time.perf_counter() - start, "test_accuracy": m["test"]["accuracy"],
-            "validation_accuracy": m["validation"]["accuracy"], "cache_seconds": m["cache_seconds"]}
+    return {
+        "seconds": time.perf_counter() - start,
+        "test_accuracy": m["test"]["accuracy"],
+        "validation_accuracy": m["validation"]["accuracy"],
+        "cache_seconds": m["cache_seconds"],
+    }
 
 
 def bench_ch6_ours() -> dict:
-    return _ours(model="gpt2-small", weights="random", pool="last_real", padding="dynamic",
-                 precision="bf16")
+    return _ours(
+        model="gpt2-small", weights="random", pool="last_real", padding="dynamic", precision="bf16"
+    )
 
 
 def bench_ch6_ours_book_padding() -> dict:
@@ -179,8 +205,9 @@ def _our_classifier(precision: str, int8: bool = False):
     state = load_file(directory / "model.safetensors")
     score = state.pop("score.weight")
     config = config_from_hf_gpt2(json.loads((directory / "config.json").read_text()))
-    model = SequenceClassifier(GPT.from_state_dict(config, convert_hf_gpt2(state, config)), 2,
-                               "last_real")
+    model = SequenceClassifier(
+        GPT.from_state_dict(config, convert_hf_gpt2(state, config)), 2, "last_real"
+    )
     with torch.no_grad():  # HF's score head has no bias
         model.head.weight.copy_(score)
         model.head.bias.zero_()
@@ -191,8 +218,9 @@ def _our_classifier(precision: str, int8: bool = False):
 
     def classify(texts):
         ids = [seq[:1024] for seq in tok.encode_batch(texts)]
-        return predict_logits(model, ids, batch_size=32, pad_id=tok.pad_id, length=None,
-                              precision=precision).argmax(-1)
+        return predict_logits(
+            model, ids, batch_size=32, pad_id=tok.pad_id, length=None, precision=precision
+        ).argmax(-1)
 
     return classify
 
@@ -227,8 +255,13 @@ def _hf_classify(bf16: bool):
     def classify(texts):
         out = []
         for i in range(0, len(texts), 32):
-            enc = tok(texts[i : i + 32], return_tensors="pt", padding=True, truncation=True,
-                      max_length=1024)
+            enc = tok(
+                texts[i : i + 32],
+                return_tensors="pt",
+                padding=True,
+                truncation=True,
+                max_length=1024,
+            )
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 out.append(model(**enc).logits.argmax(-1))
         return torch.cat(out)
@@ -313,13 +346,38 @@ def bench_flops_ours() -> dict:
             start = time.perf_counter()
             step()
             times.append(time.perf_counter() - start)
-        result[name] = {"gflop": counter.get_total_flops() / 1e9,
-                        "gflops": counter.get_total_flops() / statistics.median(times) / 1e9}
+        result[name] = {
+            "gflop": counter.get_total_flops() / 1e9,
+            "gflops": counter.get_total_flops() / statistics.median(times) / 1e9,
+        }
     return result
 
 
-BENCHMARKS = {name.removeprefix("bench_"): fn for name, fn in globals().items()
-              if name.startswith("bench_")}
+def bench_load_smollm2() -> dict:
+    """GGUF file -> ready model + tokenizer (the import of torch and gptclf not included)."""
+    from gptclf.lm import load_lm
+
+    start = time.perf_counter()
+    load_lm("smollm2-135m")
+    return {"seconds": time.perf_counter() - start}
+
+
+# Cheap ones first: an interrupted `run` has then measured as much as possible.
+ORDER = [
+    "flops_ours",
+    "load_smollm2",
+    "infer_ours_bf16",
+    "infer_ours_fp32",
+    "infer_ours_int8",
+    "infer_hf_fp32",
+    "infer_hf_bf16",
+    "infer_hf_pipeline",
+    "main_smollm2",
+    "ch6_ours",
+    "ch6_ours_book_padding",
+    "ch6_book",
+]
+BENCHMARKS = {name: globals()[f"bench_{name}"] for name in ORDER}
 
 
 # ---------------------------------------------------------------- driver
@@ -330,8 +388,13 @@ def worker(name: str, out: Path) -> None:
 
     start = time.perf_counter()
     result = BENCHMARKS[name]()
-    result.update(name=name, wall_seconds=time.perf_counter() - start, peak_rss_mib=peak_rss_mib(),
-                  torch=torch.__version__, threads=torch.get_num_threads())
+    result.update(
+        name=name,
+        wall_seconds=time.perf_counter() - start,
+        peak_rss_mib=peak_rss_mib(),
+        torch=torch.__version__,
+        threads=torch.get_num_threads(),
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=2))
@@ -381,23 +444,45 @@ def render(results: dict[str, list[dict]]) -> str:
         f"{torch.get_num_threads()} threads; Python {platform.python_version()}, "
         f"torch {torch.__version__}.",
         "",
-        "## Chapter-6 recipe (GPT-2-small shape, random weights, 5 epochs, last block trainable)",
+        "## Training (chapter-6 recipe: GPT-2-small shape, random weights, 5 epochs, last block",
+        "trainable; main job: SmolLM2-135M; load: GGUF file to a ready model)",
         "",
         "| system | reps | wall s | speed-up vs book | test acc | val acc | peak RSS MiB |",
         "|---|---|---|---|---|---|---|",
     ]
     book = results.get("ch6_book")
-    for name in ("ch6_book", "ch6_ours", "ch6_ours_book_padding", "main_smollm2"):
+    for name in ("ch6_book", "ch6_ours", "ch6_ours_book_padding", "main_smollm2", "load_smollm2"):
         recs = results.get(name)
         if not recs:
             lines.append(row(name, "not run", "", "", "", "", ""))
             continue
-        ratio = med(book, "seconds") / med(recs, "seconds") if book and name != "main_smollm2" else None
-        lines.append(row(name, str(len(recs)), fmt(med(recs, "seconds")),
-                         f"{ratio:.1f}x" if ratio else "-",
-                         f"{100 * med(recs, 'test_accuracy'):.2f}",
-                         f"{100 * med(recs, 'validation_accuracy'):.2f}",
-                         fmt(med(recs, "peak_rss_mib"), 0)))
+        if name == "load_smollm2":
+            lines.append(
+                row(
+                    name,
+                    str(len(recs)),
+                    fmt(med(recs, "seconds")),
+                    "-",
+                    "-",
+                    "-",
+                    fmt(med(recs, "peak_rss_mib"), 0),
+                )
+            )
+            continue
+        ratio = (
+            med(book, "seconds") / med(recs, "seconds") if book and name.startswith("ch6") else None
+        )
+        lines.append(
+            row(
+                name,
+                str(len(recs)),
+                fmt(med(recs, "seconds")),
+                f"{ratio:.1f}x" if ratio else "-",
+                f"{100 * med(recs, 'test_accuracy'):.2f}",
+                f"{100 * med(recs, 'validation_accuracy'):.2f}",
+                fmt(med(recs, "peak_rss_mib"), 0),
+            )
+        )
     lines += [
         "",
         "## Inference: SMS test set (300 messages), identical GPT-2-small-shaped weights",
@@ -406,15 +491,28 @@ def render(results: dict[str, list[dict]]) -> str:
         "|---|---|---|---|---|",
     ]
     hf = results.get("infer_hf_fp32")
-    for name in ("infer_ours_bf16", "infer_ours_fp32", "infer_ours_int8", "infer_hf_fp32",
-                 "infer_hf_bf16", "infer_hf_pipeline"):
+    for name in (
+        "infer_ours_bf16",
+        "infer_ours_fp32",
+        "infer_ours_int8",
+        "infer_hf_fp32",
+        "infer_hf_bf16",
+        "infer_hf_pipeline",
+    ):
         recs = results.get(name)
         if not recs:
             lines.append(row(name, "not run", "", "", ""))
             continue
         ratio = med(recs, "messages_per_second") / med(hf, "messages_per_second") if hf else None
-        lines.append(row(name, str(len(recs)), fmt(med(recs, "messages_per_second")),
-                         f"{ratio:.2f}x" if ratio else "-", fmt(med(recs, "peak_rss_mib"), 0)))
+        lines.append(
+            row(
+                name,
+                str(len(recs)),
+                fmt(med(recs, "messages_per_second")),
+                f"{ratio:.2f}x" if ratio else "-",
+                fmt(med(recs, "peak_rss_mib"), 0),
+            )
+        )
     flops = results.get("flops_ours")
     if flops:
         peak_bf16 = statistics.median(r["peak_gflops"]["bfloat16"] for r in flops)
@@ -431,8 +529,14 @@ def render(results: dict[str, list[dict]]) -> str:
         ]
         for step in ("train_step", "inference_step"):
             gflops = statistics.median(r[step]["gflops"] for r in flops)
-            lines.append(row(step, fmt(flops[0][step]["gflop"]), fmt(gflops),
-                             f"{100 * gflops / peak_bf16:.0f}%"))
+            lines.append(
+                row(
+                    step,
+                    fmt(flops[0][step]["gflop"]),
+                    fmt(gflops),
+                    f"{100 * gflops / peak_bf16:.0f}%",
+                )
+            )
     return "\n".join(lines) + "\n"
 
 

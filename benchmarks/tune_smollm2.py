@@ -110,7 +110,8 @@ def write_report() -> None:
         "message. Training now also breaks validation-accuracy ties by validation loss.",
         "",
         "Not run yet (the search resumes where it stopped): "
-        + (", ".join(n for n in GRID if n not in {r["name"] for r in rows}) or "none") + ".",
+        + (", ".join(n for n in GRID if n not in {r["name"] for r in rows}) or "none")
+        + ".",
     ]
     REPORT.write_text("\n".join(lines) + "\n")
     print(f"wrote {REPORT}")

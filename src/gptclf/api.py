@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,14 +52,29 @@ class Classifier:
         tokenizer: Tokenizer,
         info: ClassifierInfo,
         directory: Path | None = None,
+        precision: str | None = None,
     ):
         self.model, self.tokenizer, self.info = model, tokenizer, info
         self.directory = directory
+        # Inference precision: fp32, bf16 (autocast) or int8 (dynamic quantization of every
+        # nn.Linear, CPU only); default: the precision the checkpoint was trained with.
+        self.precision = precision or info.train_config.get("precision", "fp32")
+        if self.precision not in ("fp32", "bf16", "int8"):
+            raise GptclfError(f"precision must be fp32, bf16 or int8, got {self.precision!r}")
+        if self.precision == "int8":
+            # torch 2.13 marks torch.ao.quantization deprecated (successor: torchao); it still
+            # works and is what the issue asks for, so keep users' stderr clean.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self.model = torch.ao.quantization.quantize_dynamic(
+                    model, {torch.nn.Linear}, dtype=torch.qint8
+                )
 
     @classmethod
-    def load(cls, directory: str | Path) -> Classifier:
+    def load(cls, directory: str | Path, precision: str | None = None) -> Classifier:
         """Load a checkpoint directory written by `gptclf train` / `Classifier.train`."""
-        return cls(*load_classifier(Path(directory)), directory=Path(directory))
+        return cls(*load_classifier(Path(directory)), directory=Path(directory),
+                   precision=precision)
 
     @classmethod
     def train(cls, out: str | Path = "runs/latest", **options: Any) -> Classifier:
@@ -117,6 +133,7 @@ class Classifier:
             batch_size=batch_size,
             pad_id=self.tokenizer.pad_id,
             length=self._pad_length(),
+            precision="bf16" if self.precision == "bf16" else "fp32",
         )
 
     def predict_proba(self, texts: list[str], batch_size: int = 32) -> torch.Tensor:

@@ -172,7 +172,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     if args.errors < 0:
         raise GptclfError("--errors must be at least 0")
-    clf = Classifier.load(args.checkpoint)
+    clf = Classifier.load(args.checkpoint, precision=args.precision)
     if args.data:
         data = clf.load_data(args.data, args.text_columns, args.label_column)
         result = clf.evaluate(data, batch_size=args.batch_size, errors=args.errors)
@@ -192,7 +192,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.input or args.output:
         if not (args.input and args.output) or args.texts:
             raise GptclfError("--input FILE and --output FILE go together, without texts")
-        clf = Classifier.load(args.checkpoint)
+        clf = Classifier.load(args.checkpoint, precision=args.precision)
         summary = clf.predict_file(
             args.input,
             args.output,
@@ -202,7 +202,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         )
         print(json.dumps(summary))
         return 0
-    clf = Classifier.load(args.checkpoint)
+    clf = Classifier.load(args.checkpoint, precision=args.precision)
     texts = args.texts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
     if not texts:
         raise GptclfError("no texts given (pass them as arguments or on stdin)")
@@ -302,6 +302,12 @@ def cmd_experiments_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_precision_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--precision", choices=["fp32", "bf16", "int8"], default=None,
+                   help="inference precision (default: the one it was trained with); int8 = "
+                   "dynamic quantization of the linear layers")
+
+
 def build_parser(recipe: str = "book") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gptclf", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -314,6 +320,7 @@ def build_parser(recipe: str = "book") -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="print metrics of a saved classifier as JSON")
     p.add_argument("checkpoint")
+    add_precision_arg(p)
     p.add_argument(
         "--data", help="labelled .csv/.tsv/.jsonl/.parquet (default: the splits it was trained on)"
     )
@@ -329,6 +336,7 @@ def build_parser(recipe: str = "book") -> argparse.ArgumentParser:
     )
     p.add_argument("checkpoint")
     p.add_argument("texts", nargs="*")
+    add_precision_arg(p)
     p.add_argument(
         "--input", metavar="FILE", help=".csv/.tsv/.jsonl/.parquet to classify, streamed"
     )
