@@ -423,6 +423,66 @@ def med(records: list[dict], key: str) -> float:
     return statistics.median(r[key] for r in records)
 
 
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def targets(results: dict[str, list[dict]]) -> list[str]:
+    """The speed issue's targets, each with the measured value and met / MISSED."""
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "MISSED"
+
+    lines = ["", "## Targets", "", "| target | measured | status |", "|---|---|---|"]
+    book, ours = results.get("ch6_book"), results.get("ch6_ours")
+    if book and ours:
+        ratio = med(book, "seconds") / med(ours, "seconds")
+        gap = 100 * (med(ours, "test_accuracy") - med(book, "test_accuracy"))
+        lines.append(
+            f"| chapter-6 recipe >= 15x faster than the book's code | {ratio:.1f}x | "
+            f"{verdict(ratio >= 15)} |"
+        )
+        lines.append(
+            f"| ... with the same accuracy within noise | {gap:+.2f} points test accuracy"
+            f" | {verdict(abs(gap) <= 1.5)} |"
+        )
+    main = results.get("main_smollm2")
+    if main:
+        lines.append(
+            f"| main job <= 3 min | {med(main, 'seconds'):.0f} s | "
+            f"{verdict(med(main, 'seconds') <= 180)} |"
+        )
+    hf = results.get("infer_hf_fp32")
+    for name in ("infer_ours_bf16", "infer_ours_int8"):
+        if hf and results.get(name):
+            r = med(results[name], "messages_per_second") / med(hf, "messages_per_second")
+            lines.append(
+                f"| inference >= 3x transformers ({name}) | {r:.2f}x | {verdict(r >= 3)} |"
+            )
+    flops = results.get("flops_ours")
+    if flops:
+        peak = statistics.median(r["peak_gflops"]["bfloat16"] for r in flops)
+        for step in ("train_step", "inference_step"):
+            share = statistics.median(r[step]["gflops"] for r in flops) / peak
+            lines.append(
+                f"| {step} >= 60% of the bf16 matmul peak | {100 * share:.0f}% | "
+                f"{verdict(share >= 0.6)} |"
+            )
+    reps = min((len(v) for v in results.values()), default=0)
+    lines += [
+        "",
+        f"Repetitions so far: at least {reps} per benchmark (3 asked for); rerun "
+        "`python benchmarks/speed.py run --reps 3` to complete them.",
+    ]
+    return lines
+
+
 def fmt(value: float, digits: int = 1) -> str:
     return f"{value:,.{digits}f}"
 
@@ -440,7 +500,7 @@ def render(results: dict[str, list[dict]]) -> str:
         "`python benchmarks/speed.py run --reps 3` (each benchmark and repetition in its own process;",
         "medians over repetitions; delete benchmarks/results/speed/ to measure again).",
         "",
-        f"Machine: {platform.machine()}, {platform.processor() or 'cpu'}, "
+        f"Machine: {platform.machine()}, {cpu_model()}, "
         f"{torch.get_num_threads()} threads; Python {platform.python_version()}, "
         f"torch {torch.__version__}.",
         "",
@@ -537,6 +597,7 @@ def render(results: dict[str, list[dict]]) -> str:
                     f"{100 * gflops / peak_bf16:.0f}%",
                 )
             )
+    lines += targets(results)
     return "\n".join(lines) + "\n"
 
 

@@ -28,6 +28,7 @@ from gptclf.errors import GptclfError
 from gptclf.lm import build_backbone
 from gptclf.lora import apply_lora
 from gptclf.tokenizer import Tokenizer
+from gptclf.weights.strict import assign_state_dict
 
 FORMAT = "gptclf-classifier"
 VERSION = 1
@@ -135,13 +136,7 @@ def load_classifier(directory: Path) -> tuple[SequenceClassifier, Tokenizer, Cla
         model = SequenceClassifier(backbone, len(info.labels), info.pool)
         if info.lora:  # rebuild the adapters so their saved weights have somewhere to go
             apply_lora(model, **info.lora)
-    expected = model.state_dict()
-    if set(expected) != set(state) or any(state[k].shape != expected[k].shape for k in expected):
-        bad = sorted(set(expected) ^ set(state)) or [
-            k for k in expected if state[k].shape != expected[k].shape
-        ]
-        raise GptclfError(f"weights in {directory} do not match its config: {bad[:3]}")
-    model.load_state_dict(state, strict=True, assign=True)
+    assign_state_dict(model, state, str(directory / WEIGHTS_FILE))
     model.backbone.init_buffers()
     model.eval()
     return model, Tokenizer.load(directory), info

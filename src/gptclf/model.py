@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gptclf.config import ModelConfig
-from gptclf.errors import GptclfError
+from gptclf.weights.strict import assign_state_dict
 
 
 def make_norm(config: ModelConfig) -> nn.Module:
@@ -175,20 +175,7 @@ class GPT(nn.Module):
         """Build a model directly from converted weights (strict), without a random init first."""
         with torch.device("meta"):
             model = cls(config)
-        expected = model.state_dict()
-        missing = sorted(set(expected) - set(state_dict))
-        unexpected = sorted(set(state_dict) - set(expected))
-        if missing or unexpected:
-            raise GptclfError(
-                f"weights do not fit {config.name}: missing {missing[:3]}, unexpected {unexpected[:3]}"
-            )
-        for key, tensor in state_dict.items():
-            if tensor.shape != expected[key].shape:
-                raise GptclfError(
-                    f"weight {key} has shape {tuple(tensor.shape)}, "
-                    f"expected {tuple(expected[key].shape)} for {config.name}"
-                )
-        model.load_state_dict(state_dict, strict=True, assign=True)
+        assign_state_dict(model, state_dict, config.name)
         if config.tie_embeddings:
             model.lm_head.weight = model.wte.weight
         model.init_buffers()
