@@ -185,7 +185,7 @@ def test_save_and_reload_give_identical_predictions(tmp_path):
     randomize_lora(model)
     info = ClassifierInfo(model.backbone.config, ["ham", "spam"], "last_real", "dynamic", 64)
     info.lora = lora
-    save_classifier(tmp_path, model, gpt2_tokenizer(progress=False), info)
+    save_classifier(tmp_path, model.state_dict(), gpt2_tokenizer(progress=False), info)
     loaded, _, loaded_info = load_classifier(tmp_path)
     assert loaded_info.lora == lora and len(lora_layers(loaded)) == 4
     ids, mask = inputs()

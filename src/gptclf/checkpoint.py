@@ -98,10 +98,14 @@ def write_json(path: Path, data: Any) -> None:
 
 
 def save_classifier(
-    directory: Path, model: SequenceClassifier, tokenizer: Tokenizer, info: ClassifierInfo
+    directory: Path,
+    state_dict: dict[str, torch.Tensor],
+    tokenizer: Tokenizer,
+    info: ClassifierInfo,
 ) -> None:
+    """Write a classifier from its full state dict (`model.state_dict()`, or gathered from FSDP)."""
     directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    state = {k: v.detach().contiguous() for k, v in state_dict.items()}
     atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_file(state, str(tmp)))
     with tempfile.TemporaryDirectory(dir=directory) as tmp:
         tokenizer.save(Path(tmp))

@@ -71,11 +71,18 @@ class SequenceClassifier(nn.Module):
         self.pool_mode = pool_mode
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        prefix: torch.Tensor | None = None,
+        start: int = 0,
     ) -> torch.Tensor:
-        """Class logits (B, num_classes)."""
-        mask = self.backbone_mask(attention_mask)
-        return self.forward_from(self.backbone.embed(input_ids, mask), attention_mask, start=0)
+        """Class logits (B, num_classes); from `prefix`, the hidden states entering block `start`
+        (a frozen-prefix cache), when given. One entry point, so DDP/FSDP hooks see every call."""
+        if prefix is None:
+            prefix, start = self.backbone.embed(input_ids, self.backbone_mask(attention_mask)), 0
+        return self.forward_from(prefix, attention_mask, start)
 
     def forward_from(
         self, x: torch.Tensor, attention_mask: torch.Tensor | None, start: int

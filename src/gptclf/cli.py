@@ -90,7 +90,12 @@ def add_train_args(p: argparse.ArgumentParser, recipe: str = "book") -> None:
         help="which tokens a longer text keeps (head+tail: the first and the last half)",
     )
     p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=d.batch_size,
+        help="examples per step and process (global batch = this x processes x --grad-accum)",
+    )
     p.add_argument("--grad-accum", type=int, default=d.grad_accum)
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
@@ -108,6 +113,11 @@ def add_train_args(p: argparse.ArgumentParser, recipe: str = "book") -> None:
         dest="cache",
         action="store_false",
         help="recompute frozen lower blocks every step (default: cache them once)",
+    )
+    p.add_argument(
+        "--fsdp",
+        action="store_true",
+        help="under torchrun: shard parameters, gradients and optimizer state (default: DDP)",
     )
     p.add_argument(
         "--out", default="runs/latest", help="checkpoint directory (default runs/latest)"
@@ -403,19 +413,32 @@ def build_parser(recipe: str = "book") -> argparse.ArgumentParser:
     return parser
 
 
+def lost_peer(exc: Exception) -> bool:
+    """Whether a collective failed because another process of the job is gone."""
+    import torch.distributed
+
+    text = str(exc).lower()
+    return isinstance(exc, torch.distributed.DistError) or (
+        isinstance(exc, RuntimeError)
+        and any(s in text for s in ("closed by peer", "connection reset", "gloo", "nccl"))
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--recipe", default="book")
     args = build_parser(pre.parse_known_args(argv)[0].recipe).parse_args(argv)
+    rank = int(os.environ.get("RANK", "0"))  # set by torchrun: only rank 0 logs
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if args.verbose else logging.INFO if rank == 0 else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    where = f"rank {rank}: " if "WORLD_SIZE" in os.environ else ""
     try:
         return args.func(args)
     except GptclfError as exc:
-        print(f"gptclf: error: {exc}", file=sys.stderr)
+        print(f"gptclf: {where}error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("gptclf: interrupted", file=sys.stderr)
@@ -425,8 +448,15 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a bug: one line for users, the traceback on request
         if args.verbose or os.environ.get("GPTCLF_DEBUG"):
             raise
+        if where and lost_peer(exc):
+            print(
+                f"gptclf: {where}lost contact with the other processes of the job (one failed? "
+                "see its message)",
+                file=sys.stderr,
+            )
+            return 1
         print(
-            f"gptclf: internal error: {type(exc).__name__}: {exc} "
+            f"gptclf: {where}internal error: {type(exc).__name__}: {exc} "
             "(rerun with -v for the traceback)",
             file=sys.stderr,
         )

@@ -60,8 +60,9 @@ class PrefixCache:
         )
 
     def logits(self, model: SequenceClassifier, batch: Batch) -> torch.Tensor:
-        x = self.gather(batch).to(batch.input_ids.device, model.head.weight.dtype)
-        return model.forward_from(x, batch.attention_mask, self.start)
+        # `model` may be wrapped (DDP) and have no `.head`; its parameters tell the dtype.
+        x = self.gather(batch).to(batch.input_ids.device, next(model.parameters()).dtype)
+        return model(batch.input_ids, batch.attention_mask, prefix=x, start=self.start)
 
 
 @torch.inference_mode()

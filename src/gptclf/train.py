@@ -17,17 +17,18 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from gptclf import batching, report
+from gptclf import batching, distributed, report
 from gptclf.balance import class_weights, parse_class_weights
 from gptclf.checkpoint import ClassifierInfo, save_classifier, write_json
 from gptclf.classifier import SequenceClassifier, set_trainable
 from gptclf.data import BALANCE_MODES, SPLIT_MODES, splits_from_config
+from gptclf.distributed import Dist
 from gptclf.errors import GptclfError
-from gptclf.inference import autocast, batch_logits, evaluate, predict_logits
+from gptclf.inference import autocast, batch_logits, predict_logits
 from gptclf.lm import load_lm
 from gptclf.lora import apply_lora
 from gptclf.metrics import logit_metrics
-from gptclf.prefix_cache import build_caches, cache_start
+from gptclf.prefix_cache import PrefixCache, build_caches, cache_start
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ class TrainConfig:
     precision: str = "fp32"  # or "bf16": autocast, fp32 master weights
     device: str = "auto"  # auto = cuda if available, else cpu
     cache: bool = True  # frozen-prefix caching where it is exact (see prefix_cache.py)
+    fsdp: bool = False  # under torchrun: shard parameters/gradients/optimizer state (FSDP)
     out: str | None = None
     report: bool = True  # plots and report.md in `out` (report.py)
     progress: bool = True
@@ -102,8 +104,14 @@ def check_data_options(cfg: TrainConfig) -> None:
 # (the book's chapter 6). "smollm2" = the main job, chosen by benchmarks/tune_smollm2.py.
 RECIPES: dict[str, dict[str, Any]] = {
     "book": {},
-    "smollm2": dict(model="smollm2-135m", pool="last_real", padding="dynamic", precision="bf16",
-                    trainable="last_two_blocks", lr=2e-4),
+    "smollm2": dict(
+        model="smollm2-135m",
+        pool="last_real",
+        padding="dynamic",
+        precision="bf16",
+        trainable="last_two_blocks",
+        lr=2e-4,
+    ),
 }
 
 
@@ -130,19 +138,30 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
 
 
 def fit(cfg: TrainConfig) -> dict[str, Any]:
-    """Train and evaluate a classifier; writes the checkpoint and metrics.json to cfg.out if set."""
+    """Train and evaluate a classifier; writes the checkpoint and metrics.json to cfg.out if set.
+
+    Under torchrun each process calls this with the same config (see distributed.py).
+    """
     started = time.perf_counter()
     torch.manual_seed(cfg.seed)
-    device = resolve_device(cfg.device)
+    d, device = distributed.setup(resolve_device(cfg.device), cfg.fsdp)
+    try:
+        return _fit(cfg, d, device, started)
+    finally:
+        distributed.teardown(d)
+
+
+def _fit(cfg: TrainConfig, d: Dist, device: torch.device, started: float) -> dict[str, Any]:
     data = dict(zip(SPLITS, splits_from_config(dataclasses.asdict(cfg)), strict=True))
-    lm = load_lm(
-        cfg.model,
-        cfg.weights,
-        seed=cfg.seed,
-        progress=cfg.progress,
-        causal=cfg.causal,
-        dropout=cfg.dropout,
-    )
+    with distributed.main_first(d):  # one download, then the others read the files
+        lm = load_lm(
+            cfg.model,
+            cfg.weights,
+            seed=cfg.seed,
+            progress=cfg.progress and d.is_main,
+            causal=cfg.causal,
+            dropout=cfg.dropout,
+        )
     context = lm.config.context_length
     max_length = min(cfg.max_length or context, context)
     encoded = {
@@ -163,6 +182,17 @@ def fit(cfg: TrainConfig) -> dict[str, Any]:
     }
     log.info("texts truncated to %d tokens (%s): %s", max_length, cfg.truncation, truncated)
     train = data["train"]
+    global_batch = distributed.check_global_batch(d, len(train), cfg.batch_size)
+    if d.enabled:
+        log.info(
+            "%s on %d ranks: global batch %d (%d per rank x %d ranks x %d accumulation steps)",
+            "FSDP" if d.fsdp else "DDP",
+            d.world_size,
+            global_batch * cfg.grad_accum,
+            cfg.batch_size,
+            d.world_size,
+            cfg.grad_accum,
+        )
     loss_weights = class_weights(cfg.class_weights, train)
     weight = None
     if loss_weights is not None:
@@ -179,7 +209,6 @@ def fit(cfg: TrainConfig) -> dict[str, Any]:
         }
         apply_lora(model, **lora)  # before the optimizer: the adapters are new parameters
     trainable, total = set_trainable(model, cfg.trainable)
-    optimizer = make_optimizer(model, cfg)
     info = ClassifierInfo(
         lm.config,
         train.label_names,
@@ -192,15 +221,18 @@ def fit(cfg: TrainConfig) -> dict[str, Any]:
     )
     out = Path(cfg.out) if cfg.out else None
     pad_id = lm.tokenizer.pad_id
+    # Each rank evaluates a shard of every split (the same examples every epoch).
+    shards = {name: distributed.shard(len(ids[name]), d) for name in SPLITS}
+    eval_ids = {name: [ids[name][i] for i in shards[name]] for name in SPLITS}
 
     train_start = time.perf_counter()
     start = cache_start(model, fixed_length=length is not None) if cfg.cache else None
-    caches = {}
-    if start is not None:
+    caches: dict[str, PrefixCache] = {}
+    if start is not None:  # before wrapping: FSDP would shard the frozen blocks
         caches = (
             build_caches(
                 model,
-                ids,
+                {"train": eval_ids["train"], **{n: eval_ids[n] for n in SPLITS[1:]}},
                 start,
                 pad_id=pad_id,
                 length=length,
@@ -209,22 +241,32 @@ def fit(cfg: TrainConfig) -> dict[str, Any]:
             )
             or {}
         )
+        if "train" in caches:  # training batches reshuffle every epoch: every rank needs all
+            caches["train_shard"] = caches["train"]  # for the final evaluation of this shard
+            caches["train"] = distributed.gather_cache(caches["train"], len(ids["train"]), d)
     cache_seconds = time.perf_counter() - train_start
+    wrapped = distributed.wrap(model, d, device)
+    optimizer = make_optimizer(model, cfg)  # after wrapping: FSDP replaces the parameters
 
-    def eval_kwargs(name: str) -> dict[str, Any]:
-        return dict(
+    def predict(name: str) -> torch.Tensor:
+        local = predict_logits(
+            model,
+            eval_ids[name],
             batch_size=cfg.eval_batch_size,
             pad_id=pad_id,
             length=length,
-            cache=caches.get(name),
+            cache=caches.get(name if name != "train" else "train_shard"),
             precision=cfg.precision,
         )
+        return distributed.gather_shards(local, len(ids[name]), d)
 
-    def run_eval(name: str) -> dict[str, Any]:
-        return evaluate(model, ids[name], data[name].labels, train.label_names, **eval_kwargs(name))
+    def save() -> None:
+        state = distributed.full_state_dict(model, d)  # a collective under FSDP
+        if out is not None and d.is_main:
+            save_classifier(out, state, lm.tokenizer, info)
 
     generator = torch.Generator().manual_seed(cfg.seed)
-    n_batches = max(len(train) // cfg.batch_size, 1)
+    n_batches = max(len(train) // global_batch, 1)
     history, best_key, best_state, examples_seen = [], None, None, 0
     steps: list[tuple[int, float, float]] = []  # (examples seen, loss, accuracy) per batch
     for epoch in range(1, cfg.epochs + 1):
@@ -234,7 +276,7 @@ def fit(cfg: TrainConfig) -> dict[str, Any]:
         train_batches = batching.batches(
             ids["train"],
             train.labels,
-            cfg.batch_size,
+            global_batch,
             pad_id,
             length,
             shuffle=True,
@@ -246,26 +288,36 @@ def fit(cfg: TrainConfig) -> dict[str, Any]:
             train_batches,
             total=n_batches,
             desc=f"epoch {epoch}/{cfg.epochs}",
-            disable=not cfg.progress,
+            disable=not (cfg.progress and d.is_main),
             leave=False,
         )
-        for step, batch in enumerate(bar, start=1):
-            batch = batch.to(device)
+        for step, global_step_batch in enumerate(bar, start=1):
+            batch = distributed.rank_slice(global_step_batch, d).to(device)
             with autocast(device, cfg.precision):
-                logits = batch_logits(model, batch, caches.get("train"))
-            loss = F.cross_entropy(logits.float(), batch.labels, weight=weight)
+                logits = batch_logits(wrapped, batch, caches.get("train"))
+            total_weight = float(len(global_step_batch.labels))
+            if weight is not None:
+                total_weight = weight[global_step_batch.labels.to(device)].sum().item()
+            # Sum over this rank's rows / the global batch's weight, times the ranks (DDP/FSDP
+            # average gradients over ranks): exactly the single-process loss of the global batch.
+            loss_sum = F.cross_entropy(logits.float(), batch.labels, weight=weight, reduction="sum")
+            loss = loss_sum * (d.world_size / total_weight)
             (loss / cfg.grad_accum).backward()
             if step % cfg.grad_accum == 0 or step == n_batches:
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-            examples_seen += len(batch.labels)
-            epoch_loss += loss.item()
             correct = (logits.argmax(-1) == batch.labels).sum().item()
-            epoch_correct += correct
-            steps.append((examples_seen, loss.item(), correct / len(batch.labels)))
-            rate = step * cfg.batch_size / (time.perf_counter() - epoch_start)
-            bar.set_postfix(loss=f"{loss.item():.3f}", ex_s=f"{rate:.1f}", refresh=False)
-        val = run_eval("validation")
+            batch_loss, correct = distributed.all_sum([loss.item(), correct], d, device)
+            batch_loss /= d.world_size
+            n_global = len(global_step_batch.labels)
+            examples_seen += n_global
+            epoch_loss += batch_loss
+            epoch_correct += int(correct)
+            steps.append((examples_seen, batch_loss, correct / n_global))
+            rate = step * n_global / (time.perf_counter() - epoch_start)
+            bar.set_postfix(loss=f"{batch_loss:.3f}", ex_s=f"{rate:.1f}", refresh=False)
+        val_logits = predict("validation")
+        val = logit_metrics(val_logits.numpy(), data["validation"].labels, train.label_names)
         history.append(
             {
                 "epoch": epoch,
@@ -284,19 +336,20 @@ def fit(cfg: TrainConfig) -> dict[str, Any]:
             100 * val["accuracy"],
         )
         # Best by validation accuracy; ties (frequent on a small validation set) go to the lower
-        # validation loss.
+        # validation loss. Every rank holds the same gathered logits, so all decide alike.
         key = (val["accuracy"], -val["loss"])
         if best_key is None or key > best_key:
             best_key, best_epoch = key, epoch
+            distributed.reshard(model, d)
             best_state = {
                 k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad
             }
-            if out is not None:
-                save_classifier(out, model, lm.tokenizer, info)
+            save()
     train_seconds = time.perf_counter() - train_start
 
+    distributed.reshard(model, d)
     model.load_state_dict(best_state, strict=False)
-    logits = {name: predict_logits(model, ids[name], **eval_kwargs(name)) for name in SPLITS}
+    logits = {name: predict(name) for name in SPLITS}
     metrics: dict[str, Any] = {
         name: logit_metrics(logits[name].numpy(), data[name].labels, train.label_names)
         for name in SPLITS
@@ -309,6 +362,7 @@ def fit(cfg: TrainConfig) -> dict[str, Any]:
         cached_from_block=start if caches else None,
         trainable_params=trainable,
         total_params=total,
+        world_size=d.world_size,
         labels=train.label_names,
         truncated=truncated,
         class_weights=loss_weights,
@@ -316,7 +370,7 @@ def fit(cfg: TrainConfig) -> dict[str, Any]:
         train_curve=report.curve(steps),
         config=info.to_dict(),
     )
-    if out is not None:
+    if out is not None and d.is_main:
         write_json(out / "metrics.json", metrics)
         if cfg.report:
             test_probs = logits["test"].softmax(-1).numpy()

@@ -64,6 +64,7 @@ def tfidf_logreg(cfg: TrainConfig, c_grid: tuple[float, ...] = C_GRID) -> dict[s
         cached_from_block=None,
         trainable_params=n_params,
         total_params=n_params,
+        world_size=1,
         labels=train.label_names,
         truncated={name: 0 for name in SPLITS},
         class_weights=None,
