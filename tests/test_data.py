@@ -21,6 +21,7 @@ from gptclf.data import (
     read_split_file,
     split_book,
     split_stratified,
+    splits_from_config,
     write_split,
 )
 from gptclf.errors import GptclfError
@@ -107,6 +108,7 @@ def test_load_splits(sms: LabeledTexts, tmp_path: Path) -> None:
     book = load_splits("sms-spam")
     assert book == split_book(sms)
     assert load_splits("sms-spam", "stratified", seed=5) == split_stratified(sms, seed=5)
+
     write_split(tmp_path, *book)
     assert load_splits(tmp_path, "ignored for a directory") == book
     with pytest.raises(GptclfError, match="unknown split 'random'"):
@@ -114,6 +116,13 @@ def test_load_splits(sms: LabeledTexts, tmp_path: Path) -> None:
     (tmp_path / "label_names.json").write_text('["ham"]')
     with pytest.raises(GptclfError, match="label_names.json: needs a list of 2"):
         load_splits(tmp_path)
+
+
+def test_split_seed_fixes_the_split_whatever_the_training_seed():
+    base = {"data": "sms-spam", "split": "book"}
+    book = splits_from_config({**base, "seed": 123})
+    assert splits_from_config({**base, "seed": 5, "split_seed": 123}) == book
+    assert splits_from_config({**base, "seed": 5})[0].texts != book[0].texts
 
 
 def test_split_book_generalizes(sms: LabeledTexts) -> None:

@@ -128,6 +128,18 @@ def test_partial_stale_or_failed_results_do_not_count(ran, tmp_path, monkeypatch
     assert runner.run(["tiny-head"], [1], tmp_path, table)[0].status == "done"
     assert len(calls) == 1 and json.loads(path.read_text())["seed"] == 1
 
+    record = json.loads(path.read_text())  # a result of the time the seed also split the data
+    record["seed"], record["split_seed"] = 7, 7
+    path7 = runner.result_path(tmp_path, "tiny-head", 7)
+    path7.write_text(json.dumps(record))
+    assert runner.load_result(path7, table["tiny-head"], 7) is None
+    del record["split_seed"]
+    path7.write_text(json.dumps(record))
+    assert runner.load_result(path7, table["tiny-head"], 7) is None
+    record["seed"] = 123  # before split seeds existed, seed 123 was the book split: still valid
+    path7.write_text(json.dumps(record))
+    assert runner.load_result(path7, table["tiny-head"]) is not None
+
     record = json.loads(whole)
     record["overrides"]["lr"] = 0.5  # made with settings the row no longer has
     path.write_text(json.dumps(record))
@@ -266,6 +278,7 @@ def test_every_named_config_is_a_valid_train_config():
     )
     assert EXPERIMENTS["smollm2-pad-none"].train_config(5).grad_accum == 8
     assert EXPERIMENTS["smollm2-pad-none"].train_config(5).seed == 5
+    assert EXPERIMENTS["smollm2-pad-none"].train_config(5).split_seed == 123  # the book's split
 
 
 def test_a_bad_row_is_caught_without_running():

@@ -100,6 +100,12 @@ def add_train_args(p: argparse.ArgumentParser, recipe: str = "book") -> None:
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument(
+        "--split-seed",
+        type=int,
+        default=d.split_seed,
+        help="seed of the data split only (default: --seed); fix it to vary only training",
+    )
     p.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
     p.add_argument(
         "--precision",

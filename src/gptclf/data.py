@@ -209,7 +209,7 @@ def splits_from_config(cfg: dict[str, Any]) -> tuple[LabeledTexts, LabeledTexts,
     return load_splits(
         cfg["data"],
         cfg.get("split", "book"),  # checkpoints from before "auto" always name their split
-        seed=cfg.get("seed", 123),
+        seed=cfg.get("split_seed") if cfg.get("split_seed") is not None else cfg.get("seed", 123),
         text_columns=cfg.get("text_columns"),
         label_column=cfg.get("label_column"),
         validation=cfg.get("validation"),

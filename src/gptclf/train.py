@@ -64,6 +64,7 @@ class TrainConfig:
     lr: float = 5e-5
     weight_decay: float = 0.1
     seed: int = 123
+    split_seed: int | None = None  # seed of the data split (and undersampling); None = seed
     eval_batch_size: int = 32
     precision: str = "fp32"  # or "bf16": autocast, fp32 master weights
     device: str = "auto"  # auto = cuda if available, else cpu

@@ -91,6 +91,7 @@ QUESTIONS: dict[str, Question] = {
         references=("smollm2",),
     ),
 }
+SPLIT_SEED = 123  # the book's split for every row and seed: seeds measure training noise only
 BASELINE_QUESTION = "baseline"  # the TF-IDF row: shown beside every question's rows
 
 # The factors each row spells out (the rest of TrainConfig keeps its defaults: book split, ...).
@@ -122,7 +123,8 @@ class Experiment:
     def train_config(self, seed: int = 123, **extra: Any) -> TrainConfig:
         """The TrainConfig of one seed: no checkpoint, no report, no progress bar."""
         settings = {**self.overrides, "out": None, "report": False, "progress": False, **extra}
-        return TrainConfig(**{**settings, "seed": seed})
+        # The seed varies training only: every row and seed uses the book's split (seed 123).
+        return TrainConfig(**{**settings, "seed": seed, "split_seed": SPLIT_SEED})
 
     def book_values(self) -> list[float]:
         """The book's number(s) as floats (a range gives both ends)."""

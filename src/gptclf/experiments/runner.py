@@ -23,7 +23,7 @@ from typing import Any
 from gptclf import train
 from gptclf.checkpoint import write_json
 from gptclf.errors import GptclfError
-from gptclf.experiments.configs import EXPERIMENTS, Experiment, select, validate
+from gptclf.experiments.configs import EXPERIMENTS, SPLIT_SEED, Experiment, select, validate
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,11 @@ def load_result(path: Path, exp: Experiment, seed: int | None = None) -> dict[st
         return None
     if seed is not None and record["seed"] != seed:
         log.warning("%s: holds seed %s, not %d; it does not count", path, record["seed"], seed)
+        return None
+    if record.get("split_seed", record["seed"]) != SPLIT_SEED:  # older results split by seed
+        log.warning(
+            "%s: made on another data split than seed %d's; it does not count", path, SPLIT_SEED
+        )
         return None
     if record["overrides"] != _normalized(exp.overrides):
         log.warning(
@@ -196,6 +201,7 @@ def run_one(exp: Experiment, seed: int) -> dict[str, Any]:
         "format": FORMAT,
         "name": exp.name,
         "seed": seed,
+        "split_seed": cfg.split_seed,
         "question": exp.question,
         "label": exp.label,
         "overrides": _normalized(exp.overrides),
