@@ -55,7 +55,9 @@ def test_zero_init_gives_identical_logits():
     before = model(ids, mask)
     apply_lora(model, rank=4, alpha=8)
     assert all(bool((layer.lora_B == 0).all()) for layer in lora_layers(model))
-    assert torch.equal(model(ids, mask), before)
+    # Equal up to float rounding only: a plain c_attn projects the pooled query row on its own,
+    # a wrapped one slices it out of the full projection (`model.Attention._project_at`).
+    assert_close(model(ids, mask), before)
 
 
 @pytest.mark.parametrize(

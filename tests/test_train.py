@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from gptclf.api import Classifier
-from gptclf.batching import pad_length
+from gptclf.batching import collate, pad_length, round_to_eighth, round_to_multiple
 from gptclf.data import load_dataset, split_book, write_split
 from gptclf.train import TrainConfig, fit
 
@@ -135,3 +135,16 @@ def test_frozen_weights_in_checkpoint_equal_the_random_init(small_split, tmp_pat
     torch.testing.assert_close(
         clf.model.backbone.h[0].attn.c_attn.weight, base.h[0].attn.c_attn.weight
     )
+
+
+def test_padded_lengths_are_few_and_close():
+    """Training rounds to a multiple of 16; inference to within 1/8: as few shapes, fewer pads."""
+    lengths = range(1, 1025)
+    eighths = [round_to_eighth(n) for n in lengths]
+    assert all(n <= r <= n * 9 / 8 for n, r in zip(lengths, eighths, strict=True))
+    assert eighths[:15] == list(range(1, 16)) and round_to_eighth(17) == 18
+    assert len(set(eighths)) == len({round_to_multiple(n) for n in lengths}) == 64
+    batch = collate([[1, 2], [3] * 17], [0, 1], [0, 1], pad_id=0, length=None, cap=1024)
+    assert batch.input_ids.shape == (2, 32)
+    batch = collate([[1, 2], [3] * 17], [0, 1], [0, 1], 0, None, 1024, round_to_eighth)
+    assert batch.input_ids.shape == (2, 18) and batch.attention_mask.sum() == 19

@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -5,6 +7,7 @@ from safetensors.torch import load_file, save_file
 from fixtures_gpt2 import make_tiny_hf_gpt2
 from gptclf.errors import GptclfError
 from gptclf.lm import load_lm
+from gptclf.weights.hf import save_hf_gpt2
 
 
 @pytest.fixture(scope="module")
@@ -95,3 +98,16 @@ def test_unknown_name_and_missing_path():
         load_lm("gpt5-giant")
     with pytest.raises(GptclfError, match="does not exist"):
         load_lm("/nonexistent/dir/model")
+
+
+def test_save_hf_gpt2_round_trips(tiny_dir, tmp_path):
+    directory, hf = tiny_dir
+    lm = load_lm(directory)
+    save_hf_gpt2(tmp_path, lm.config, lm.model.state_dict())
+    for name in ("vocab.json", "merges.txt"):
+        (tmp_path / name).write_bytes((directory / name).read_bytes())
+    again = load_lm(tmp_path)
+    assert dataclasses.replace(again.config, name=lm.config.name) == lm.config
+    ids = torch.randint(0, 50257, (2, 9), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        torch.testing.assert_close(again.model(ids), hf(ids).logits, rtol=1e-4, atol=1e-4)

@@ -32,29 +32,37 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, mode: PoolMo
     cls:       alias of `first` (BERT's [CLS] token).
     mean:      mean over real tokens.
     """
-    if mode == "last":
-        return hidden[:, -1]
-    if mode in ("first", "cls"):
-        return hidden[:, 0]
-    if attention_mask is None:
-        attention_mask = torch.ones(hidden.shape[:2], dtype=torch.long, device=hidden.device)
-    mask = attention_mask.to(hidden.dtype)
     if mode == "mean":
+        if attention_mask is None:
+            return hidden.mean(dim=1)
+        mask = attention_mask.to(hidden.dtype)
         summed = (hidden * mask.unsqueeze(-1)).sum(dim=1)
         return summed / mask.sum(dim=1, keepdim=True).clamp(min=1)
+    B, T = hidden.shape[:2]
+    index = pool_index(attention_mask, mode, B, T, hidden.device)
+    return hidden[torch.arange(B, device=hidden.device), index]
+
+
+def pool_index(
+    attention_mask: torch.Tensor | None, mode: PoolMode, B: int, T: int, device: torch.device
+) -> torch.Tensor:
+    """(B,) the position each sequence's vector is read from, for the single-position modes."""
+    if mode == "last" or (mode == "last_real" and attention_mask is None):
+        return torch.full((B,), T - 1, device=device)
+    if mode in ("first", "cls"):
+        return torch.zeros(B, dtype=torch.long, device=device)
     if mode == "last_real":
-        T = hidden.shape[1]
         # index of the last 1 in each row: argmax of mask * position (ties impossible: positions differ)
-        last = (attention_mask.long() * torch.arange(1, T + 1, device=hidden.device)).argmax(dim=1)
-        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+        return (attention_mask.long() * torch.arange(1, T + 1, device=device)).argmax(dim=1)
     raise GptclfError(f"unknown pooling {mode!r}; expected one of {', '.join(POOL_MODES)}")
 
 
 class SequenceClassifier(nn.Module):
     """Backbone + pooling + class head.
 
-    The backbone needs `embed(ids, mask)`, `run_blocks(x, mask, start, stop)`, `config.d_model`,
-    blocks in `h` and a final norm `ln_f`. Its LM head is dropped.
+    The backbone needs `embed(ids, mask)`, `run_blocks(x, mask, start, stop, index=None)` (with
+    `index`, only those positions leave the last block), `config.d_model`, blocks in `h` and a
+    final norm `ln_f`. Its LM head is dropped.
     """
 
     def __init__(self, backbone: nn.Module, num_classes: int, pool_mode: PoolMode = "last"):
@@ -89,8 +97,15 @@ class SequenceClassifier(nn.Module):
     ) -> torch.Tensor:
         """Class logits from hidden states `x` entering block `start` (a frozen-prefix cache)."""
         mask = self.backbone_mask(attention_mask)
-        hidden = self.backbone.ln_f(self.backbone.run_blocks(x, mask, start))
-        return self.head(pool(hidden, attention_mask, self.pool_mode))
+        if self.pool_mode == "mean":
+            hidden = self.backbone.ln_f(self.backbone.run_blocks(x, mask, start))
+            return self.head(pool(hidden, attention_mask, self.pool_mode))
+        # One position is read: the last block computes its output there only (exact, see
+        # `run_blocks`), and the final norm, being per position, runs on that vector alone.
+        B, T = x.shape[:2]
+        index = pool_index(attention_mask, self.pool_mode, B, T, x.device)
+        hidden = self.backbone.run_blocks(x, mask, start, index=index)  # (B, 1, d)
+        return self.head(self.backbone.ln_f(hidden[:, 0]))
 
     def prefix_states(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, stop: int

@@ -21,6 +21,7 @@ from torch import nn
 
 from gptclf.config import ModelConfig
 from gptclf.errors import GptclfError
+from gptclf.model import one_query_attention, rows
 from gptclf.weights.strict import assign_state_dict
 
 
@@ -36,16 +37,22 @@ class SelfAttention(nn.Module):
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
-        B, T, _ = x.shape
+    def forward(
+        self, x: torch.Tensor, attn_mask: torch.Tensor | None, index: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B, T, d); with `index` (B,), only for the query at position index[b]: (B, 1, d)."""
+        B = x.shape[0]
+        queries = x if index is None else rows(x, index)
         q, k, v = (
-            proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
-            for proj in (self.query, self.key, self.value)
+            proj(inputs).view(B, -1, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
+            for proj, inputs in ((self.query, queries), (self.key, x), (self.value, x))
         )
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
-        )
-        y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)  # (B, T, nh*hs)
+        dropout_p = self.dropout if self.training else 0.0
+        if index is None:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
+        else:
+            y = one_query_attention(q, k, v, attn_mask, dropout_p)
+        y = y.transpose(1, 2).reshape(B, -1, self.n_head * self.head_dim)  # (B, T or 1, nh*hs)
         return self.resid_dropout(self.c_proj(y))
 
 
@@ -70,8 +77,12 @@ class EncoderBlock(nn.Module):
         self.mlp = MLP(config)
         self.ln_2 = nn.LayerNorm(config.d_model, eps=config.norm_eps)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
-        x = self.ln_1(x + self.attn(x, attn_mask))
+    def forward(
+        self, x: torch.Tensor, attn_mask: torch.Tensor | None, index: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B, T, d); with `index` (B,), only the output at position index[b]: (B, 1, d)."""
+        residual = x if index is None else rows(x, index)
+        x = self.ln_1(residual + self.attn(x, attn_mask, index))
         return self.ln_2(x + self.mlp(x))
 
 
@@ -146,12 +157,21 @@ class Encoder(nn.Module):
         attention_mask: torch.Tensor | None = None,
         start: int = 0,
         stop: int | None = None,
+        index: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Apply blocks[start:stop] to hidden states x (B, T, d_model); pad keys are masked out."""
+        """Apply blocks[start:stop] to hidden states x (B, T, d_model); pad keys are masked out.
+
+        index (B,): only position index[b] of each row is wanted, as in `GPT.run_blocks`: the
+        last of these blocks computes that position only. Returns (B, 1, d_model) then.
+        """
         attn_mask = None if attention_mask is None else padding_mask_to_bias(attention_mask)
-        for block in self.h[start:stop]:
+        blocks = list(self.h[start:stop])
+        last = blocks.pop() if index is not None and blocks else None
+        for block in blocks:
             x = block(x, attn_mask)
-        return x
+        if index is None:
+            return x
+        return rows(x, index) if last is None else last(x, attn_mask, index)
 
     def hidden_states(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
-from gptclf.batching import Batch, batches
+from gptclf.batching import Batch, batches, round_to_eighth
 from gptclf.classifier import SequenceClassifier
 from gptclf.metrics import logit_metrics
 
@@ -50,7 +50,10 @@ def predict_logits(
     out = torch.empty(len(ids), model.head.out_features)
     # Sorted by length so dynamic padding wastes little; results go back to input order.
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    for batch in batches([ids[i] for i in order], [0] * len(ids), batch_size, pad_id, length):
+    sorted_ids = [ids[i] for i in order]
+    for batch in batches(
+        sorted_ids, [0] * len(ids), batch_size, pad_id, length, round_up=round_to_eighth
+    ):
         batch.indices = torch.tensor([order[j] for j in batch.indices.tolist()])  # input positions
         with autocast(device, precision):
             logits = batch_logits(model, batch.to(device), cache)

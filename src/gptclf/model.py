@@ -71,28 +71,76 @@ class Attention(nn.Module):
         attn_mask: torch.Tensor | None,
         rope: RotaryEmbedding | None,
         positions: torch.Tensor,
+        index: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """Self-attention output (B, T, d); with `index` (B,), only for the query at position
+        index[b] of each row, over the keys and values of every position: (B, 1, d)."""
         B, T, _ = x.shape
         hs = self.head_dim
-        q, k, v = self.c_attn(x).split(
-            [self.n_head * hs, self.n_kv_head * hs, self.n_kv_head * hs], dim=-1
-        )
-        q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        q_size, kv_size = self.n_head * hs, self.n_kv_head * hs
+        if index is None:
+            q, k, v = self.c_attn(x).split([q_size, kv_size, kv_size], dim=-1)
+            q_positions = positions
+        else:
+            q, kv = self._project_at(x, index, q_size)
+            k, v = kv.split([kv_size, kv_size], dim=-1)
+            q_positions = positions[index] if positions.dim() == 1 else rows(positions, index)
+            q_positions = q_positions.view(B, 1)
+        q = q.view(B, -1, self.n_head, hs).transpose(1, 2)  # (B, nh, T or 1, hs)
         k = k.view(B, T, self.n_kv_head, hs).transpose(1, 2)  # (B, n_kv, T, hs)
         v = v.view(B, T, self.n_kv_head, hs).transpose(1, 2)
         if rope is not None:
-            q, k = rope(q, positions), rope(k, positions)
-        y = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=attn_mask,
-            is_causal=attn_mask is None and self.config.causal,
-            dropout_p=self.config.dropout if self.training else 0.0,
-            enable_gqa=self.n_kv_head != self.n_head,
-        )
-        y = y.transpose(1, 2).reshape(B, T, self.n_head * hs)  # (B, T, nh*hs)
+            q, k = rope(q, q_positions), rope(k, positions)
+        dropout_p = self.config.dropout if self.training else 0.0
+        if index is None:
+            y = F.scaled_dot_product_attention(
+                q,
+                k,
+                v,
+                attn_mask=attn_mask,
+                is_causal=attn_mask is None and self.config.causal,
+                dropout_p=dropout_p,
+                enable_gqa=self.n_kv_head != self.n_head,
+            )
+        else:
+            y = one_query_attention(q, k, v, attn_mask, dropout_p)
+        y = y.transpose(1, 2).reshape(B, -1, q_size)  # (B, T or 1, nh*hs)
         return self.resid_dropout(self.c_proj(y))
+
+    def _project_at(
+        self, x: torch.Tensor, index: torch.Tensor, q_size: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(q of the rows at `index` (B, 1, q_size), k|v of every position (B, T, 2 * kv_size))."""
+        if type(self.c_attn) is nn.Linear:  # project the query rows only: a third less work
+            w, b = self.c_attn.weight, self.c_attn.bias
+            q = F.linear(rows(x, index), w[:q_size], None if b is None else b[:q_size])
+            return q, F.linear(x, w[q_size:], None if b is None else b[q_size:])
+        # LoRA-wrapped or quantized: one projection of everything, then the query's rows.
+        qkv = self.c_attn(x)
+        return rows(qkv[..., :q_size], index), qkv[..., q_size:]
+
+
+def one_query_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    attn_mask: torch.Tensor | None,
+    dropout_p: float = 0.0,
+) -> torch.Tensor:
+    """SDPA for one query per row: q (B, nh, 1, hs), k/v (B, n_kv, T, hs), mask (B, 1, 1, T).
+
+    Written out because SDPA's CPU kernel is slow at this shape (its backward ~2.5x this one).
+    Causality is in the mask (`query_mask_to_bias`): SDPA's is_causal would align a single
+    query with key 0.
+    """
+    B, nh, _, hs = q.shape
+    n_kv = k.shape[1]
+    # Query heads grouped by the key/value head they share (GQA), as SDPA's enable_gqa does.
+    scores = q.view(B, n_kv, nh // n_kv, hs) @ k.transpose(-1, -2) * hs**-0.5  # (B, n_kv, g, T)
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, float("-inf"))
+    weights = F.dropout(scores.float().softmax(dim=-1).to(v.dtype), dropout_p)
+    return (weights @ v).view(B, nh, 1, hs)
 
 
 class MLP(nn.Module):
@@ -125,9 +173,19 @@ class Block(nn.Module):
         self.ln_2 = make_norm(config)
         self.mlp = MLP(config)
 
-    def forward(self, x, attn_mask, rope, positions):
-        x = x + self.attn(self.ln_1(x), attn_mask, rope, positions)
+    def forward(self, x, attn_mask, rope, positions, index=None):
+        """(B, T, d); with `index` (B,), only the output at position index[b] of each row
+        (B, 1, d): attention still reads every position, the rest is per position."""
+        h = self.ln_1(x)
+        if index is not None:
+            x = rows(x, index)
+        x = x + self.attn(h, attn_mask, rope, positions, index)
         return x + self.mlp(self.ln_2(x))
+
+
+def rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """x[b, index[b]] for each row b, keeping the position axis: (B, T, ...) -> (B, 1, ...)."""
+    return x[torch.arange(x.shape[0], device=x.device), index].unsqueeze(1)
 
 
 def attention_mask_to_bias(attention_mask: torch.Tensor, causal: bool) -> torch.Tensor | None:
@@ -143,6 +201,22 @@ def attention_mask_to_bias(attention_mask: torch.Tensor, causal: bool) -> torch.
     if causal:
         allowed = allowed & torch.ones(T, T, dtype=torch.bool, device=allowed.device).tril()
     return allowed | torch.eye(T, dtype=torch.bool, device=allowed.device)
+
+
+def query_mask_to_bias(
+    attention_mask: torch.Tensor | None, index: torch.Tensor, T: int, causal: bool
+) -> torch.Tensor | None:
+    """The row of `attention_mask_to_bias` for one query per sequence, at position index[b]:
+    (B, 1, 1, T), True = may attend; None when that query may attend to every key."""
+    keys = torch.arange(T, device=index.device)
+    if attention_mask is None:
+        allowed = torch.ones(len(index), T, dtype=torch.bool, device=index.device)
+    else:
+        allowed = attention_mask.bool()
+    if causal:
+        allowed = allowed & (keys <= index[:, None])
+    allowed = allowed | (keys == index[:, None])
+    return None if bool(allowed.all()) else allowed[:, None, None, :]
 
 
 def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -217,21 +291,32 @@ class GPT(nn.Module):
         attention_mask: torch.Tensor | None = None,
         start: int = 0,
         stop: int | None = None,
+        index: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Apply blocks[start:stop] to hidden states x (B, T, d_model).
 
         Split so that frozen lower blocks can run once and be cached (see `prefix_cache.py`).
+        index (B,): only position index[b] of each row is wanted (single-token pooling), so the
+        last of these blocks computes queries, attention output and MLP at that position only;
+        keys and values still come from every position. Returns (B, 1, d_model) then.
         """
         T = x.shape[1]
         positions = self._positions(T, attention_mask, x.device)
+        blocks = list(self.h[start:stop])
+        last = blocks.pop() if index is not None and blocks else None
         attn_mask = (
             None
-            if attention_mask is None
+            if attention_mask is None or not blocks
             else attention_mask_to_bias(attention_mask, self.config.causal)
         )
-        for block in self.h[start:stop]:
+        for block in blocks:
             x = block(x, attn_mask, self.rope, positions)
-        return x
+        if index is None:
+            return x
+        if last is None:
+            return rows(x, index)
+        query_mask = query_mask_to_bias(attention_mask, index, T, self.config.causal)
+        return last(x, query_mask, self.rope, positions, index)
 
     @staticmethod
     def _positions(T: int, attention_mask: torch.Tensor | None, device) -> torch.Tensor:

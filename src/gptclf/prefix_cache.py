@@ -21,7 +21,7 @@ from contextlib import AbstractContextManager, nullcontext
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
-from gptclf.batching import Batch, batches
+from gptclf.batching import Batch, batches, round_to_eighth
 from gptclf.classifier import SequenceClassifier
 
 log = logging.getLogger(__name__)
@@ -100,7 +100,10 @@ def build_caches(
         # Sorted by length, dynamic batches are nearly pad-free; states return to input order.
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         states: list[torch.Tensor] = [torch.empty(0)] * len(ids)
-        for batch in batches([ids[i] for i in order], [0] * len(ids), batch_size, pad_id, length):
+        sorted_ids = [ids[i] for i in order]
+        for batch in batches(
+            sorted_ids, [0] * len(ids), batch_size, pad_id, length, round_up=round_to_eighth
+        ):
             batch = batch.to(device)
             with autocast():
                 x = model.prefix_states(batch.input_ids, batch.attention_mask, start)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from gptclf.config import PRESETS, ModelConfig
 from gptclf.errors import GptclfError
@@ -72,6 +72,24 @@ def convert_hf_gpt2(
     if config.tie_embeddings and "wte.weight" in state:
         state["lm_head.weight"] = state["wte.weight"]
     return state
+
+
+def save_hf_gpt2(directory: Path, config: ModelConfig, state: dict[str, torch.Tensor]) -> None:
+    """Write our GPT-2-style weights as config.json + model.safetensors in the Hugging Face layout
+    (what `load_hf_gpt2` reads back): `convert_hf_gpt2` inverted. Tokenizer files are the caller's."""
+    gpt2 = dict(arch="decoder", norm="layernorm", mlp="gelu_tanh", positions="learned", bias=True)
+    if any(getattr(config, k) != v for k, v in gpt2.items()) or config.n_kv_head != config.n_head:
+        raise GptclfError(f"config {config.name} is not GPT-2-shaped")
+    hf_config = {theirs: getattr(config, ours) for theirs, ours in GPT2_CONFIG_MAP.items()}
+    hf_config.update(model_type="gpt2", activation_function="gelu_new")
+    hf_state = {
+        key: (tensor.t() if key.endswith(CONV1D_WEIGHTS) else tensor).contiguous()
+        for key, tensor in state.items()
+        if not (key == "lm_head.weight" and config.tie_embeddings)  # tied: wte.weight
+    }
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text(json.dumps(hf_config, indent=2))
+    save_file(hf_state, str(directory / "model.safetensors"), metadata={"format": "pt"})
 
 
 def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
