@@ -423,7 +423,31 @@ def bench_flops_ours() -> dict:
             "gflops": counter.get_total_flops() / statistics.median(times) / 1e9,
             "ms": 1000 * statistics.median(times),
         }
+    result["train_step"]["profile"] = profile_ops(train_step)
     return result
+
+
+def profile_ops(step, steps: int = 5, top: int = 10) -> list[dict]:
+    """Where a step's time goes: torch.profiler's ops by self CPU time, per step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    try:
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(steps):
+                step()
+        ops = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+        total = sum(e.self_cpu_time_total for e in ops)
+        return [
+            {
+                "op": e.key,
+                "ms_per_step": e.self_cpu_time_total / 1000 / steps,
+                "share": e.self_cpu_time_total / total,
+                "calls_per_step": e.count / steps,
+            }
+            for e in ops[:top]
+        ]
+    except Exception as exc:  # the profile is commentary: never lose the measurement for it
+        return [{"op": f"profiling failed: {exc!r}", "ms_per_step": 0.0, "share": 0.0}]
 
 
 def bench_load_smollm2() -> dict:
@@ -692,6 +716,25 @@ def render(results: dict[str, list[dict]]) -> str:
                     f"{100 * gflops / peak_bf16:.0f}%",
                 )
             )
+        profiled = [r["train_step"]["profile"] for r in flops if "profile" in r["train_step"]]
+        if profiled:
+            lines += [
+                "",
+                "Where the train step's time goes (torch.profiler, self CPU time; the first",
+                "profiled repetition):",
+                "",
+                "| op | ms per step | share | calls per step |",
+                "|---|---|---|---|",
+            ]
+            for op in profiled[0]:
+                lines.append(
+                    row(
+                        f"`{op['op']}`",
+                        f"{op['ms_per_step']:.2f}",
+                        f"{100 * op['share']:.0f}%",
+                        fmt(op.get("calls_per_step", 0.0)),
+                    )
+                )
     lines += targets(results)
     return "\n".join(lines) + "\n"
 
