@@ -13,9 +13,11 @@ Benchmarks:
   train/validation/test accuracy), GPT-2-small shape with random weights, 5 epochs, batch 8, last
   block + final norm + head trainable, fed token ids from our tokenizer (its tiktoken would download).
 - ch6_ours: the same recipe with gptclf's defaults for speed (last real token, dynamic padding,
-  bf16 autocast, frozen-prefix cache); ch6_ours_book_padding: gptclf with the book's pooling and
-  padding (last position, longest) in fp32, to separate the effects. Both start from exactly the
+  bf16 autocast, frozen-prefix cache, best epoch by validation); ch6_ours_book_recipe: gptclf
+  with the book's math (last position, padding to the longest training text, the last epoch) and
+  only the speed-ups that keep it (bf16 autocast, frozen-prefix cache). Both start from exactly the
   book's random weights and class head (converted by `gptclf.weights.book`).
+  benchmarks/ch6_gap.py separates the differences between the two (its table is in the report).
 - main_smollm2: the README's main job (SmolLM2-135M).
 - infer_*: messages/s classifying the SMS test set (300 messages) with GPT-2-small-shaped random
   weights, identical in every system: ours (bf16, fp32, int8 dynamic quantization) vs transformers'
@@ -36,6 +38,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import ch6_gap  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "speed"
@@ -208,8 +213,8 @@ def bench_ch6_ours() -> dict:
     return _ours_from_book_weights(pool="last_real", padding="dynamic", precision="bf16")
 
 
-def bench_ch6_ours_book_padding() -> dict:
-    return _ours_from_book_weights(pool="last", padding="longest")
+def bench_ch6_ours_book_recipe() -> dict:
+    return _ours_from_book_weights(pool="last", padding="longest", precision="bf16", select="last")
 
 
 def bench_main_smollm2() -> dict:
@@ -471,7 +476,7 @@ ORDER = [
     "infer_hf_pipeline",
     "main_smollm2",
     "ch6_ours",
-    "ch6_ours_book_padding",
+    "ch6_ours_book_recipe",
     "ch6_book",
 ]
 BENCHMARKS = {name: globals()[f"bench_{name}"] for name in ORDER}
@@ -544,8 +549,14 @@ def targets(results: dict[str, list[dict]]) -> list[str]:
         return "met" if ok else "MISSED"
 
     lines = ["", "## Targets", "", "| target | measured | status |", "|---|---|---|"]
-    book, ours = results.get("ch6_book"), results.get("ch6_ours")
-    if book and ours:
+    book = results.get("ch6_book")
+    for name, what in (
+        ("ch6_ours", "gptclf's defaults"),
+        ("ch6_ours_book_recipe", "the book's pooling, padding and epoch choice"),
+    ):
+        ours = results.get(name)
+        if not (book and ours):
+            continue
         ratio = med(book, "seconds") / med(ours, "seconds")
         acc = {
             k: [100 * r["test_accuracy"] for r in v] for k, v in (("book", book), ("ours", ours))
@@ -554,8 +565,8 @@ def targets(results: dict[str, list[dict]]) -> list[str]:
         # Noise: the seed-to-seed spread of either side (repetition k runs seed 123 + k).
         spread = max((statistics.stdev(a) for a in acc.values() if len(a) > 1), default=0.0)
         lines.append(
-            f"| chapter-6 recipe >= 15x faster than the book's code | {ratio:.1f}x | "
-            f"{verdict(ratio >= 15)} |"
+            f"| chapter-6 recipe >= 15x faster than the book's code ({name}: {what}) | "
+            f"{ratio:.1f}x | {verdict(ratio >= 15)} |"
         )
         lines.append(
             f"| ... with the same accuracy within noise (mean test accuracy over seeds; within "
@@ -580,11 +591,13 @@ def targets(results: dict[str, list[dict]]) -> list[str]:
     flops = results.get("flops_ours")
     if flops:
         peak = statistics.median(r["peak_gflops"]["bfloat16"] for r in flops)
-        for step in ("train_step", "inference_step"):
+        # The issue's 60% target sits in its inference bullet; training is reported beside it.
+        for step, target in (("inference_step", True), ("train_step", False)):
             share = statistics.median(r[step]["gflops"] for r in flops) / peak
             lines.append(
-                f"| {step} >= 60% of the bf16 matmul peak | {100 * share:.0f}% | "
-                f"{verdict(share >= 0.6)} |"
+                f"| {step} >= 60% of the bf16 matmul peak"
+                f"{'' if target else ' (not a target: reported)'} | {100 * share:.0f}% | "
+                f"{verdict(share >= 0.6) if target else '-'} |"
             )
     reps = min((len(v) for v in results.values()), default=0)
     lines += [
@@ -623,7 +636,7 @@ def render(results: dict[str, list[dict]]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     book = results.get("ch6_book")
-    for name in ("ch6_book", "ch6_ours", "ch6_ours_book_padding", "main_smollm2", "load_smollm2"):
+    for name in ("ch6_book", "ch6_ours", "ch6_ours_book_recipe", "main_smollm2", "load_smollm2"):
         recs = results.get(name)
         if not recs:
             lines.append(row(name, "not run", "", "", "", "", ""))
@@ -736,6 +749,7 @@ def render(results: dict[str, list[dict]]) -> str:
                     )
                 )
     lines += targets(results)
+    lines += ch6_gap.section(results)
     return "\n".join(lines) + "\n"
 
 

@@ -193,6 +193,27 @@ def test_report_is_generated_from_the_cached_results(ran, tmp_path):
     assert "2 seeds" in md or "standard deviation" in md
     assert "6 runs: 3 of 5 rows, seeds 1, 2" in md
     assert "gptclf experiments run --all" in md
+    assert "## The target" in md and "No row has 3 seeds yet." in md
+
+
+def test_target_section_judges_the_best_row_with_enough_seeds(ran, tmp_path, monkeypatch):
+    results, table, _, _ = ran
+    rows = [report.Row(e, json_records(results, e.name)) for e in table.values() if not e.gpu_only]
+    accs = {r.exp.name: [100 * rec["test_accuracy"] for rec in r.records] for r in rows if r.n}
+    best = max(("tiny-last", "tiny-head"), key=lambda n: statistics.fmean(accs[n]))
+    monkeypatch.setattr(report, "TARGET_SEEDS", 2)
+    text = "\n".join(report.target(rows))
+    assert f"the best row with 2+ seeds, {best} " in text
+    assert f"reaches {max(accs[best]):.2f}% on its best seed" in text
+    assert ("Met:" in text) == (statistics.fmean(accs[best]) >= 98.67 and max(accs[best]) >= 99)
+    assert "| tiny-tfidf |" not in text  # the baseline is not a model configuration
+    monkeypatch.setattr(report, "TARGET_MEAN", 0.0)
+    monkeypatch.setattr(report, "TARGET_BEST", 0.0)
+    assert "Met: the best row" in "\n".join(report.target(rows))
+
+
+def json_records(results, name):
+    return [json.loads((results / name / f"seed{s}.json").read_text()) for s in SEEDS]
 
 
 def test_report_without_results_says_not_run_yet(tmp_path, small_split):

@@ -8,6 +8,7 @@ import torch
 from gptclf.api import Classifier
 from gptclf.batching import collate, pad_length, round_to_eighth, round_to_multiple
 from gptclf.data import load_dataset, split_book, write_split
+from gptclf.errors import GptclfError
 from gptclf.train import TrainConfig, fit
 
 
@@ -71,6 +72,39 @@ def test_same_seed_same_metrics_and_other_seed_differs(small_split):
     c = without_timings(fit(tiny(small_split, epochs=1, seed=7)))
     assert a == b
     assert a["history"] != c["history"]
+
+
+@pytest.mark.parametrize("select", ["best", "last"])
+def test_select_keeps_the_best_or_the_last_epoch(small_split, tmp_path, select):
+    metrics = fit(tiny(small_split, tmp_path, epochs=3, lr=3e-3, select=select))
+    history = metrics["history"]
+    if select == "last":
+        assert metrics["best_epoch"] == 3
+    else:
+        best = max(history, key=lambda h: (h["validation_accuracy"], -h["validation_loss"]))
+        assert metrics["best_epoch"] == best["epoch"]
+    kept = history[metrics["best_epoch"] - 1]
+    assert metrics["validation"]["accuracy"] == kept["validation_accuracy"]
+    assert metrics["validation"]["loss"] == pytest.approx(kept["validation_loss"], rel=1e-5)
+    # the checkpoint holds the kept epoch's weights
+    saved = Classifier.load(tmp_path).evaluate(load_dataset(small_split / "validation.csv"))
+    assert saved["accuracy"] == kept["validation_accuracy"]
+
+
+def test_select_rejects_an_unknown_choice(small_split):
+    with pytest.raises(GptclfError, match="--select"):
+        tiny(small_split, select="first")
+
+
+def test_compile_trains_like_eager(small_split):
+    # dynamic padding: the compiled graph must serve every batch length
+    cfg = dict(epochs=1, padding="dynamic", pool="last_real", trainable="last_two_blocks")
+    eager = fit(tiny(small_split, **cfg))
+    compiled = fit(tiny(small_split, compile=True, **cfg))
+    for a, b in zip(eager["history"], compiled["history"], strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+        assert a["validation_loss"] == pytest.approx(b["validation_loss"], rel=1e-4)
+    assert eager["test"]["confusion_matrix"] == compiled["test"]["confusion_matrix"]
 
 
 def test_training_learns_on_the_tiny_model(small_split):

@@ -91,6 +91,12 @@ def add_train_args(p: argparse.ArgumentParser, recipe: str = "book") -> None:
     )
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument(
+        "--select",
+        default=d.select,
+        choices=["best", "last"],
+        help="the epoch kept: best validation accuracy (default) or the last (as the book)",
+    )
+    p.add_argument(
         "--batch-size",
         type=int,
         default=d.batch_size,
@@ -119,6 +125,12 @@ def add_train_args(p: argparse.ArgumentParser, recipe: str = "book") -> None:
         dest="cache",
         action="store_false",
         help="recompute frozen lower blocks every step (default: cache them once)",
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the training forward (compiles on the first steps; needs a C++ "
+        "compiler on the CPU)",
     )
     p.add_argument(
         "--fsdp",

@@ -60,6 +60,7 @@ class TrainConfig:
     max_length: int | None = None  # tokens kept per text; None = the model's context
     truncation: str = "head"  # which tokens a longer text keeps: head | tail | head+tail
     epochs: int = 5
+    select: str = "best"  # the epoch kept: best (validation accuracy) | last (as the book reports)
     batch_size: int = 8
     grad_accum: int = 1
     lr: float = 5e-5
@@ -70,6 +71,7 @@ class TrainConfig:
     precision: str = "fp32"  # or "bf16": autocast, fp32 master weights
     device: str = "auto"  # auto = cuda if available, else cpu
     cache: bool = True  # frozen-prefix caching where it is exact (see prefix_cache.py)
+    compile: bool = False  # torch.compile the training forward (dynamic shapes; Inductor)
     fsdp: bool = False  # under torchrun: shard parameters/gradients/optimizer state (FSDP)
     out: str | None = None
     report: bool = True  # plots and report.md in `out` (report.py)
@@ -83,6 +85,8 @@ class TrainConfig:
             raise GptclfError("--lr must be positive")
         if self.max_length is not None and self.max_length < 1:
             raise GptclfError("--max-length must be at least 1")
+        if self.select not in ("best", "last"):
+            raise GptclfError(f"--select must be best or last, got {self.select!r}")
         if self.precision not in ("fp32", "bf16"):
             raise GptclfError(f"--precision must be fp32 or bf16, got {self.precision!r}")
         check_data_options(self)
@@ -199,9 +203,10 @@ def _fit(cfg: TrainConfig, d: Dist, device: torch.device, started: float) -> dic
             cfg.grad_accum,
         )
     loss_weights = class_weights(cfg.class_weights, train)
-    weight = None
+    weight = cpu_weight = None
     if loss_weights is not None:
-        weight = torch.tensor(loss_weights, dtype=torch.float32, device=device)
+        cpu_weight = torch.tensor(loss_weights, dtype=torch.float32)
+        weight = cpu_weight.to(device)
 
     model = SequenceClassifier(lm.model, len(train.label_names), cfg.pool).to(device)
     lora = None
@@ -251,6 +256,9 @@ def _fit(cfg: TrainConfig, d: Dist, device: torch.device, started: float) -> dic
             caches["train"] = distributed.gather_cache(caches["train"], len(ids["train"]), d)
     cache_seconds = time.perf_counter() - train_start
     wrapped = distributed.wrap(model, d, device)
+    if cfg.compile:  # training steps only: evaluation is a handful of no-grad batches
+        # dynamic=True: dynamic padding changes the length every batch; one graph serves all.
+        wrapped = torch.compile(wrapped, dynamic=True)
     optimizer = make_optimizer(model, cfg)  # after wrapping: FSDP replaces the parameters
 
     def predict(name: str) -> torch.Tensor:
@@ -301,8 +309,8 @@ def _fit(cfg: TrainConfig, d: Dist, device: torch.device, started: float) -> dic
             with autocast(device, cfg.precision):
                 logits = batch_logits(wrapped, batch, caches.get("train"))
             total_weight = float(len(global_step_batch.labels))
-            if weight is not None:
-                total_weight = weight[global_step_batch.labels.to(device)].sum().item()
+            if weight is not None:  # on the CPU labels: no device sync per step
+                total_weight = float(cpu_weight[global_step_batch.labels].sum())
             # Sum over this rank's rows / the global batch's weight, times the ranks (DDP/FSDP
             # average gradients over ranks): exactly the single-process loss of the global batch.
             loss_sum = F.cross_entropy(logits.float(), batch.labels, weight=weight, reduction="sum")
@@ -343,7 +351,7 @@ def _fit(cfg: TrainConfig, d: Dist, device: torch.device, started: float) -> dic
         # Best by validation accuracy; ties (frequent on a small validation set) go to the lower
         # validation loss. Every rank holds the same gathered logits, so all decide alike.
         key = (val["accuracy"], -val["loss"])
-        if best_key is None or key > best_key:
+        if best_key is None or key > best_key or cfg.select == "last":
             best_key, best_epoch = key, epoch
             distributed.reshard(model, d)
             best_state = {

@@ -253,6 +253,45 @@ def chart(title: str, rows: list[Row], path: Path) -> Path | None:
     return path
 
 
+# The seven-questions issue's target: a configuration of a model with at most this many
+# parameters reaches TARGET_BEST % on some seed and TARGET_MEAN % on average over >= 3 seeds.
+TARGET_PARAMS, TARGET_BEST, TARGET_MEAN, TARGET_SEEDS = 135e6, 99.0, 98.67, 3
+
+
+def target(rows: list[Row]) -> list[str]:
+    """Whether the best small-model row meets the target, and the runners-up that were tried."""
+    eligible = sorted(
+        (r for r in rows if r.n and r.exp.method == "fit"
+         and r.records[0]["total_params"] <= TARGET_PARAMS),
+        key=lambda r: -r.acc,
+    )  # fmt: skip
+    lines = [
+        "",
+        "## The target",
+        "",
+        f"A configuration of a model with at most {TARGET_PARAMS / 1e6:.0f}M parameters that "
+        f"reaches {TARGET_BEST:.2f}% test accuracy and averages at least {TARGET_MEAN:.2f}% over "
+        f"{TARGET_SEEDS} seeds (the book's best, GPT-2 XL on an A100, one seed).",
+        "",
+    ]
+    complete = [r for r in eligible if r.n >= TARGET_SEEDS]
+    if not complete:
+        return lines + [f"No row has {TARGET_SEEDS} seeds yet."]
+    best = complete[0]
+    top = max(100 * r["test_accuracy"] for r in best.records)
+    met = best.acc >= TARGET_MEAN and top >= TARGET_BEST
+    lines.append(
+        f"{'Met' if met else 'Not met'}: the best row with {TARGET_SEEDS}+ seeds, "
+        f"{best.exp.name} ({best.exp.label}), averages {fmt_pm(best.acc, best.acc_std)}% and "
+        f"reaches {top:.2f}% on its best seed. Rows tried, by mean test accuracy:"
+    )
+    lines += ["", "| row | seeds | test acc % (mean ± std) | best seed % |", "|---|---|---|---|"]
+    for r in eligible:
+        top = max(100 * rec["test_accuracy"] for rec in r.records)
+        lines.append(f"| {r.exp.name} | {r.n} | {fmt_pm(r.acc, r.acc_std)} | {top:.2f} |")
+    return lines
+
+
 def fmt_duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
 
@@ -364,6 +403,9 @@ def write(
         if path is not None:
             written.append(path)
             lines += ["", f"![{question.title}]({charts_dir.name}/{qid}.png)"]
+    lines += target(
+        [Row(e, results.get(e.name, [])) for e in experiments.values() if e.name in results]
+    )
     lines.append("")
     atomic_write(out, lambda tmp: tmp.write_text("\n".join(lines), encoding="utf-8"))
     log.info("wrote %s and %d charts", out, len(written))
