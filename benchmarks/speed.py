@@ -636,7 +636,8 @@ def render(results: dict[str, list[dict]]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     book = results.get("ch6_book")
-    for name in ("ch6_book", "ch6_ours", "ch6_ours_book_recipe", "main_smollm2", "load_smollm2"):
+    training = ["ch6_book"] + [n for n in ORDER if n.startswith(("ch6_ours", "main_", "load_"))]
+    for name in training:
         recs = results.get(name)
         if not recs:
             lines.append(row(name, "not run", "", "", "", "", ""))
@@ -676,14 +677,7 @@ def render(results: dict[str, list[dict]]) -> str:
         "|---|---|---|---|---|",
     ]
     hf = results.get("infer_hf_fp32")
-    for name in (
-        "infer_ours_bf16",
-        "infer_ours_fp32",
-        "infer_ours_int8",
-        "infer_hf_fp32",
-        "infer_hf_bf16",
-        "infer_hf_pipeline",
-    ):
+    for name in (n for n in ORDER if n.startswith("infer_")):
         recs = results.get(name)
         if not recs:
             lines.append(row(name, "not run", "", "", ""))

@@ -79,7 +79,7 @@ class Classifier:
     @classmethod
     def train(cls, out: str | Path = "runs/latest", **options: Any) -> Classifier:
         """Train like `gptclf train` (options = `TrainConfig` fields, e.g. data, text_columns,
-        label_column, model, epochs) into `out`, and return the best checkpoint, loaded."""
+        label_column, model, epochs) into `out`, and return the kept (best or last) checkpoint, loaded."""
         from gptclf.train import TrainConfig, fit
 
         known = {f.name for f in dataclasses.fields(TrainConfig)} - {"out"}
