@@ -18,6 +18,10 @@ Benchmarks:
   only the speed-ups that keep it (bf16 autocast, frozen-prefix cache). Both start from exactly the
   book's random weights and class head (converted by `gptclf.weights.book`).
   benchmarks/ch6_gap.py separates the differences between the two (its table is in the report).
+- ch6_book_smollm2 / ch6_ours_smollm2: the same recipe on pretrained SmolLM2-135M, where pooling
+  choices are judged on real features: the book's Llama code (`llms_from_scratch.llama3`, loaded
+  with the same weights by benchmarks/book_llama.py; logits equal ours to 3e-5) and loop, against
+  gptclf's defaults with the same hyperparameters and the book side's class head.
 - main_smollm2: the README's main job (SmolLM2-135M).
 - infer_*: messages/s classifying the SMS test set (300 messages) with GPT-2-small-shaped random
   weights, identical in every system: ours (bf16, fp32, int8 dynamic quantization) vs transformers'
@@ -65,11 +69,11 @@ def book_split_dir() -> Path:
     return out
 
 
-def encoded_book_split():
+def encoded_book_split(tok=None):
     from gptclf.data import load_splits
     from gptclf.weights.registry import gpt2_tokenizer
 
-    tok = gpt2_tokenizer()
+    tok = tok or gpt2_tokenizer()
     return tok, [(tok.encode_batch(s.texts), s.labels) for s in load_splits("sms-spam", "book")]
 
 
@@ -100,15 +104,15 @@ def book_gpt2_classifier():
     return model
 
 
-def bench_ch6_book() -> dict:
+def book_ch6_loop(model, tok, trainable) -> dict:
+    """The book's chapter-6 training and evaluation of `model` (its out_head already the class
+    head): `trainable` modules + the head train, texts padded to the longest training text."""
     import torch
     from llms_from_scratch.ch06 import calc_accuracy_loader, train_classifier_simple
     from torch.utils.data import DataLoader, TensorDataset
 
-    tok, splits = encoded_book_split()
-    max_len = max(
-        len(s) for s in splits[0][0]
-    )  # the book pads everything to the longest train text
+    tok, splits = encoded_book_split(tok)
+    max_len = max(len(s) for s in splits[0][0])  # the book pads to the longest training text
 
     def loader(ids, labels, train):
         padded = [s[:max_len] + [tok.pad_id] * (max_len - len(s[:max_len])) for s in ids]
@@ -119,15 +123,11 @@ def bench_ch6_book() -> dict:
     train_loader, val_loader, test_loader = (
         loader(ids, labels, i == 0) for i, (ids, labels) in enumerate(splits)
     )
-    model = book_gpt2_classifier()  # seeds SEED; building the loaders drew no random numbers
     for p in model.parameters():
         p.requires_grad = False
-    for p in [
-        *model.trf_blocks[-1].parameters(),
-        *model.final_norm.parameters(),
-        *model.out_head.parameters(),
-    ]:
-        p.requires_grad = True
+    for module in [*trainable, model.out_head]:
+        for p in module.parameters():
+            p.requires_grad = True
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5, weight_decay=0.1)
     train_classifier_simple(
         model,
@@ -148,6 +148,18 @@ def bench_ch6_book() -> dict:
         "test_accuracy": accuracy["test"],
         "validation_accuracy": accuracy["validation"],
     }
+
+
+def bench_ch6_book() -> dict:
+    model = book_gpt2_classifier()  # seeds SEED; building the loaders draws no random numbers
+    return book_ch6_loop(model, None, [model.trf_blocks[-1], model.final_norm])
+
+
+def bench_ch6_book_smollm2() -> dict:
+    import book_llama
+
+    model, tok = book_llama.book_smollm2_classifier(SEED)
+    return book_ch6_loop(model, tok, [model.trf_blocks[-1], model.final_norm])
 
 
 def book_gpt2_weights() -> Path:
@@ -194,10 +206,14 @@ def _ours_from_book_weights(**overrides) -> dict:
     """`_ours` from exactly the book's random weights and class head (book_gpt2_weights)."""
     from safetensors.torch import load_file
 
-    from gptclf import train
-
     directory = book_gpt2_weights()
     head = load_file(directory / "class_head.safetensors")
+    return _ours_with_head(head, model=str(directory), seed=SEED, **overrides)
+
+
+def _ours_with_head(head: dict, **overrides) -> dict:
+    """`_ours` with the class head's initial weights given (the book side's)."""
+    from gptclf import train
 
     class BookHeadClassifier(train.SequenceClassifier):
         # fit() draws a fresh head; the book's was drawn after its model, from another RNG state.
@@ -206,7 +222,7 @@ def _ours_from_book_weights(**overrides) -> dict:
             self.head.load_state_dict(head)
 
     train.SequenceClassifier = BookHeadClassifier  # this worker process runs one benchmark only
-    return _ours(model=str(directory), seed=SEED, **overrides)
+    return _ours(**overrides)
 
 
 def bench_ch6_ours() -> dict:
@@ -215,6 +231,23 @@ def bench_ch6_ours() -> dict:
 
 def bench_ch6_ours_book_recipe() -> dict:
     return _ours_from_book_weights(pool="last", padding="longest", precision="bf16", select="last")
+
+
+def bench_ch6_ours_smollm2() -> dict:
+    """The chapter-6 hyperparameters on SmolLM2 with gptclf's defaults, from the book side's head."""
+    import book_llama
+
+    model, _ = book_llama.book_smollm2_classifier(SEED)
+    head = {k: v.clone() for k, v in model.out_head.state_dict().items()}
+    del model
+    return _ours_with_head(
+        head,
+        model="smollm2-135m",
+        seed=SEED,
+        pool="last_real",
+        padding="dynamic",
+        precision="bf16",
+    )
 
 
 def bench_main_smollm2() -> dict:
@@ -477,7 +510,9 @@ ORDER = [
     "main_smollm2",
     "ch6_ours",
     "ch6_ours_book_recipe",
+    "ch6_ours_smollm2",
     "ch6_book",
+    "ch6_book_smollm2",
 ]
 BENCHMARKS = {name: globals()[f"bench_{name}"] for name in ORDER}
 
@@ -542,6 +577,13 @@ def cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def book_peer(name: str, results: dict[str, list[dict]]) -> list[dict] | None:
+    """The book-code run a chapter-6 row of ours is compared with (same model and weights)."""
+    if name.startswith("ch6_ours"):
+        return results.get("ch6_book_smollm2" if name.endswith("_smollm2") else "ch6_book")
+    return None
+
+
 def targets(results: dict[str, list[dict]]) -> list[str]:
     """The speed issue's targets, each with the measured value and met / MISSED."""
 
@@ -549,12 +591,12 @@ def targets(results: dict[str, list[dict]]) -> list[str]:
         return "met" if ok else "MISSED"
 
     lines = ["", "## Targets", "", "| target | measured | status |", "|---|---|---|"]
-    book = results.get("ch6_book")
     for name, what in (
         ("ch6_ours", "gptclf's defaults"),
         ("ch6_ours_book_recipe", "the book's pooling, padding and epoch choice"),
+        ("ch6_ours_smollm2", "pretrained SmolLM2-135M, gptclf's defaults vs the book's code"),
     ):
-        ours = results.get(name)
+        ours, book = results.get(name), book_peer(name, results)
         if not (book and ours):
             continue
         ratio = med(book, "seconds") / med(ours, "seconds")
@@ -630,13 +672,16 @@ def render(results: dict[str, list[dict]]) -> str:
         f"torch {torch.__version__}.",
         "",
         "## Training (chapter-6 recipe: GPT-2-small shape, random weights, 5 epochs, last block",
-        "trainable; main job: SmolLM2-135M; load: GGUF file to a ready model)",
+        "trainable; *_smollm2: the same recipe on pretrained SmolLM2-135M, the book's Llama code",
+        "vs ours; main job: SmolLM2-135M; load: GGUF file to a ready model)",
         "",
         "| system | reps | wall s | speed-up vs book | test acc | val acc | peak RSS MiB |",
         "|---|---|---|---|---|---|---|",
     ]
-    book = results.get("ch6_book")
-    training = ["ch6_book"] + [n for n in ORDER if n.startswith(("ch6_ours", "main_", "load_"))]
+    training = [
+        "ch6_book", "ch6_ours", "ch6_ours_book_recipe", "ch6_book_smollm2", "ch6_ours_smollm2",
+        "main_smollm2", "load_smollm2",
+    ]  # fmt: skip
     for name in training:
         recs = results.get(name)
         if not recs:
@@ -655,9 +700,8 @@ def render(results: dict[str, list[dict]]) -> str:
                 )
             )
             continue
-        ratio = (
-            med(book, "seconds") / med(recs, "seconds") if book and name.startswith("ch6") else None
-        )
+        peer = book_peer(name, results)
+        ratio = med(peer, "seconds") / med(recs, "seconds") if peer else None
         lines.append(
             row(
                 name,

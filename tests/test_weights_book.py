@@ -37,3 +37,33 @@ def test_book_model_converts_to_identical_logits(qkv_bias):
 def test_unknown_key_is_an_error():
     with pytest.raises(GptclfError, match="unknown key"):
         convert_book_gpt({"trf_blocks.0.att.W_extra.weight": torch.zeros(1)})
+
+
+def test_our_llama_converts_to_the_books_llama3model():
+    """benchmarks/book_llama.py: our Llama keys -> the book's Llama3Model (GQA, SwiGLU, RoPE)."""
+    import sys
+    from pathlib import Path
+
+    from gptclf.config import ModelConfig
+
+    llama3 = pytest.importorskip("llms_from_scratch.llama3")
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import book_llama
+
+    torch.manual_seed(0)
+    config = ModelConfig.from_name("llama-tiny", tie_embeddings=True, norm_eps=1e-5)
+    ours = GPT(config).eval()
+    with torch.no_grad():  # norms at 1 would hide a swapped norm1/norm2
+        for p in ours.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    cfg = {
+        "vocab_size": config.vocab_size, "context_length": config.context_length,
+        "emb_dim": config.d_model, "n_heads": config.n_head, "n_layers": config.n_layer,
+        "hidden_dim": config.d_ff, "n_kv_groups": config.n_kv_head,
+        "rope_base": config.rope_theta, "rope_freq": None, "dtype": torch.float32,
+    }  # fmt: skip
+    book = llama3.Llama3Model(cfg).eval()
+    book.load_state_dict(book_llama.to_book_llama(ours.state_dict(), cfg))
+    ids = torch.randint(0, config.vocab_size, (2, 12))
+    with torch.no_grad():
+        assert_close(book(ids), ours(ids), rtol=1e-4, atol=1e-4)
