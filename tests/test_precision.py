@@ -22,8 +22,10 @@ def test_default_is_the_training_precision(run_dir):
 
 def test_precisions_agree_closely(run_dir):
     texts = ["Free entry to win a prize, call now", "see you at lunch", "ok lor"]
-    probs = {p: Classifier.load(run_dir, precision=p).predict_proba(texts)
-             for p in ("fp32", "bf16", "int8")}
+    probs = {
+        p: Classifier.load(run_dir, precision=p).predict_proba(texts)
+        for p in ("fp32", "bf16", "int8")
+    }
     torch.testing.assert_close(probs["bf16"], probs["fp32"], atol=0.02, rtol=0)
     torch.testing.assert_close(probs["int8"], probs["fp32"], atol=0.05, rtol=0)
 

@@ -73,8 +73,9 @@ class Classifier:
     @classmethod
     def load(cls, directory: str | Path, precision: str | None = None) -> Classifier:
         """Load a checkpoint directory written by `gptclf train` / `Classifier.train`."""
-        return cls(*load_classifier(Path(directory)), directory=Path(directory),
-                   precision=precision)
+        return cls(
+            *load_classifier(Path(directory)), directory=Path(directory), precision=precision
+        )
 
     @classmethod
     def train(cls, out: str | Path = "runs/latest", **options: Any) -> Classifier:

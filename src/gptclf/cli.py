@@ -24,8 +24,12 @@ def add_train_args(p: argparse.ArgumentParser, recipe: str = "book") -> None:
 
     # A recipe only changes the defaults: flags given explicitly still win.
     d = TrainConfig(**RECIPES.get(recipe, {}))
-    p.add_argument("--recipe", default="book", choices=sorted(RECIPES),
-                   help="named defaults: book (chapter 6) or smollm2 (the main job)")
+    p.add_argument(
+        "--recipe",
+        default="book",
+        choices=sorted(RECIPES),
+        help="named defaults: book (chapter 6) or smollm2 (the main job)",
+    )
     p.add_argument(
         "--model", default=d.model, help="model name (see `gptclf models`) or HF directory"
     )
@@ -331,9 +335,13 @@ def cmd_experiments_report(args: argparse.Namespace) -> int:
 
 
 def add_precision_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--precision", choices=["fp32", "bf16", "int8"], default=None,
-                   help="inference precision (default: the one it was trained with); int8 = "
-                   "dynamic quantization of the linear layers")
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "bf16", "int8"],
+        default=None,
+        help="inference precision (default: the one it was trained with); int8 = "
+        "dynamic quantization of the linear layers",
+    )
 
 
 def build_parser(recipe: str = "book") -> argparse.ArgumentParser:
@@ -341,8 +349,11 @@ def build_parser(recipe: str = "book") -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="finetune a classifier and evaluate it",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = sub.add_parser(
+        "train",
+        help="finetune a classifier and evaluate it",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     add_train_args(p, recipe)
     p.set_defaults(func=cmd_train)
 
