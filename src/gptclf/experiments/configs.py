@@ -188,8 +188,13 @@ EXPERIMENTS_LIST: list[Experiment] = [
     ),
     Experiment(
         "minilm-all", "bert_vs_gpt", "MiniLM-L6, [CLS], all layers",
-        _smollm2(model="minilm-l6", pool="cls", trainable="all", lr=_ALL_LR), cpu_minutes=10,
+        _smollm2(model="minilm-l6", pool="cls", trainable="all", lr=_ALL_LR), cpu_minutes=2,
         note="5 epochs: 22.7M parameters are cheap enough; lr 5e-5 as for smollm2-all",
+    ),
+    Experiment(
+        "minilm-all-mean", "bert_vs_gpt", "MiniLM-L6, mean, all layers",
+        _smollm2(model="minilm-l6", pool="mean", trainable="all", lr=_ALL_LR), cpu_minutes=2,
+        note="the pooling all-MiniLM-L6-v2 was trained with (sentence-transformers' mean)",
     ),
     # 4. The causal mask
     Experiment(
