@@ -160,6 +160,25 @@ def test_each_option_changes_the_training_run(small_split, option):
     assert base[0]["train_loss"] != pytest.approx(changed[0]["train_loss"], rel=1e-4)
 
 
+def test_no_bucket_trains_on_random_batches(small_split, monkeypatch):
+    from gptclf import batching
+
+    seen = []
+    real = batching.batches
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("bucket"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(batching, "batches", spy)
+    bucketed = fit(tiny(small_split, epochs=1, padding="dynamic", pool="last_real"))
+    random = fit(tiny(small_split, epochs=1, padding="dynamic", pool="last_real", bucket=False))
+    assert seen == [True, False]  # the training batches only (evaluation has its own order)
+    assert bucketed["history"][0]["train_loss"] != pytest.approx(
+        random["history"][0]["train_loss"], rel=1e-4
+    )
+
+
 def test_frozen_weights_in_checkpoint_equal_the_random_init(small_split, tmp_path):
     fit(tiny(small_split, tmp_path / "run", epochs=1, trainable="head"))
     from gptclf.lm import load_lm

@@ -106,6 +106,13 @@ def add_train_args(p: argparse.ArgumentParser, recipe: str = "book") -> None:
         default=d.batch_size,
         help="examples per step and process (global batch = this x processes x --grad-accum)",
     )
+    p.add_argument(
+        "--no-bucket",
+        dest="bucket",
+        action="store_false",
+        default=d.bucket,
+        help="dynamic padding: random batches instead of batches of similar lengths",
+    )
     p.add_argument("--grad-accum", type=int, default=d.grad_accum)
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)

@@ -62,6 +62,7 @@ class TrainConfig:
     epochs: int = 5
     select: str = "best"  # the epoch kept: best (validation accuracy) | last (as the book reports)
     batch_size: int = 8
+    bucket: bool = True  # dynamic padding: batches of similar lengths (random batches if False)
     grad_accum: int = 1
     lr: float = 5e-5
     weight_decay: float = 0.1
@@ -295,7 +296,7 @@ def _fit(cfg: TrainConfig, d: Dist, device: torch.device, started: float) -> dic
             shuffle=True,
             generator=generator,
             drop_last=True,
-            bucket=length is None,
+            bucket=length is None and cfg.bucket,
         )
         bar = tqdm(
             train_batches,

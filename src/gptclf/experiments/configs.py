@@ -262,6 +262,11 @@ EXPERIMENTS_LIST: list[Experiment] = [
         "padding, too large to cache): days per seed on 2 CPU cores",
     ),
     Experiment(
+        "smollm2-no-bucket", "padding", "dynamic padding, random batches",
+        _smollm2(bucket=False), cpu_minutes=2,
+        note="length-bucketed batches are nearly one class here (spam texts are long)",
+    ),
+    Experiment(
         "smollm2-pad-none", "padding", "no padding (batch 1, grad. accumulation 8)",
         _smollm2(batch_size=1, grad_accum=8),
         book="98.00–98.33", book_row="no padding (batch size 1)", cpu_minutes=10,

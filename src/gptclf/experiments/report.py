@@ -29,8 +29,10 @@ from gptclf.experiments.configs import (
     Question,
 )
 from gptclf.experiments.runner import default_results_dir, load_results, repo_root, skip_reason
+from gptclf.train import TrainConfig
 
 log = logging.getLogger(__name__)
+_DEFAULTS = TrainConfig()
 
 REGENERATE = "gptclf experiments run --all --seeds 123,124,125 && gptclf experiments report"
 
@@ -97,9 +99,11 @@ def setting(exp: Experiment, experiments: dict[str, Experiment]) -> str:
     if reference is None or exp.name == REFERENCE:
         return "reference" if exp.name == REFERENCE else ""
     parts = []
-    for key in FACTORS:
+    # FACTORS, then any other TrainConfig field a row sets (e.g. bucket)
+    extra = [k for k in exp.overrides if k not in FACTORS]
+    for key in (*FACTORS, *extra):
         value = exp.overrides.get(key)
-        if value == reference.overrides.get(key):
+        if value == reference.overrides.get(key, getattr(_DEFAULTS, key, None)):
             continue
         if key == "causal":
             parts.append("causal mask" if value else "no causal mask")
