@@ -14,20 +14,22 @@ from __future__ import annotations
 
 import torch
 
-# SmolLM2-135M in the book's Llama3Model config format (rope_freq None: plain RoPE, no Llama 3.1
-# frequency scaling). The book's RMSNorm eps is fixed at 1e-5, which is SmolLM2's.
-BOOK_SMOLLM2 = {
-    "vocab_size": 49152,
-    "context_length": 8192,
-    "emb_dim": 576,
-    "n_heads": 9,
-    "n_layers": 30,
-    "hidden_dim": 1536,
-    "n_kv_groups": 3,
-    "rope_base": 100_000.0,
-    "rope_freq": None,
-    "dtype": torch.float32,
-}
+
+def book_config(config) -> dict:
+    """Our Llama `ModelConfig` in the book's Llama3Model config format (rope_freq None: plain
+    RoPE, no Llama 3.1 frequency scaling). The book's RMSNorm eps is fixed at 1e-5 (SmolLM2's)."""
+    return {
+        "vocab_size": config.vocab_size,
+        "context_length": config.context_length,
+        "emb_dim": config.d_model,
+        "n_heads": config.n_head,
+        "n_layers": config.n_layer,
+        "hidden_dim": config.d_ff,
+        "n_kv_groups": config.n_kv_head,
+        "rope_base": config.rope_theta,
+        "rope_freq": None,
+        "dtype": torch.float32,
+    }
 
 
 def to_book_llama(state: dict[str, torch.Tensor], cfg: dict) -> dict[str, torch.Tensor]:
@@ -60,12 +62,13 @@ def book_smollm2_classifier(seed: int):
     from gptclf.lm import load_lm
 
     lm = load_lm("smollm2-135m", progress=False)
+    cfg = book_config(lm.config)
     with torch.device("meta"):
-        model = Llama3Model(BOOK_SMOLLM2)
-    model.load_state_dict(to_book_llama(lm.model.state_dict(), BOOK_SMOLLM2), assign=True)
+        model = Llama3Model(cfg)
+    model.load_state_dict(to_book_llama(lm.model.state_dict(), cfg), assign=True)
     model.cos, model.sin = (t.to("cpu") for t in _rope(model))  # buffers were on meta
     torch.manual_seed(seed)
-    model.out_head = torch.nn.Linear(BOOK_SMOLLM2["emb_dim"], 2)
+    model.out_head = torch.nn.Linear(cfg["emb_dim"], 2)
     return model, lm.tokenizer
 
 

@@ -20,7 +20,8 @@ Benchmarks:
   benchmarks/ch6_gap.py separates the differences between the two (its table is in the report).
 - ch6_book_smollm2 / ch6_ours_smollm2: the same recipe on pretrained SmolLM2-135M, where pooling
   choices are judged on real features: the book's Llama code (`llms_from_scratch.llama3`, loaded
-  with the same weights by benchmarks/book_llama.py; logits equal ours to 3e-5) and loop, against
+  with the same weights by benchmarks/book_llama.py; tests/test_weights_book.py checks the key
+  mapping gives equal logits) and loop, against
   gptclf's defaults with the same hyperparameters and the book side's class head.
 - main_smollm2: the README's main job (SmolLM2-135M).
 - infer_*: messages/s classifying the SMS test set (300 messages) with GPT-2-small-shaped random

@@ -91,6 +91,12 @@ def test_select_keeps_the_best_or_the_last_epoch(small_split, tmp_path, select):
     assert saved["accuracy"] == kept["validation_accuracy"]
 
 
+def test_compile_without_a_compiler_is_a_one_line_error(small_split, monkeypatch):
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    with pytest.raises(GptclfError, match="--compile needs a C\\+\\+ compiler"):
+        tiny(small_split, compile=True)
+
+
 def test_select_rejects_an_unknown_choice(small_split):
     with pytest.raises(GptclfError, match="--select"):
         tiny(small_split, select="first")

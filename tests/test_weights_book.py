@@ -56,12 +56,7 @@ def test_our_llama_converts_to_the_books_llama3model():
     with torch.no_grad():  # norms at 1 would hide a swapped norm1/norm2
         for p in ours.parameters():
             p.add_(torch.randn_like(p) * 0.1)
-    cfg = {
-        "vocab_size": config.vocab_size, "context_length": config.context_length,
-        "emb_dim": config.d_model, "n_heads": config.n_head, "n_layers": config.n_layer,
-        "hidden_dim": config.d_ff, "n_kv_groups": config.n_kv_head,
-        "rope_base": config.rope_theta, "rope_freq": None, "dtype": torch.float32,
-    }  # fmt: skip
+    cfg = book_llama.book_config(config)
     book = llama3.Llama3Model(cfg).eval()
     book.load_state_dict(book_llama.to_book_llama(ours.state_dict(), cfg))
     ids = torch.randint(0, config.vocab_size, (2, 12))

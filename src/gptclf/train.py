@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,11 +88,21 @@ class TrainConfig:
             raise GptclfError("--lr must be positive")
         if self.max_length is not None and self.max_length < 1:
             raise GptclfError("--max-length must be at least 1")
+        if self.compile and not has_cpp_compiler():
+            raise GptclfError(
+                "--compile needs a C++ compiler for Inductor (g++ or clang++, or set CXX)"
+            )
         if self.select not in ("best", "last"):
             raise GptclfError(f"--select must be best or last, got {self.select!r}")
         if self.precision not in ("fp32", "bf16"):
             raise GptclfError(f"--precision must be fp32 or bf16, got {self.precision!r}")
         check_data_options(self)
+
+
+def has_cpp_compiler() -> bool:
+    """Inductor compiles C++ for the CPU (and its CUDA wrappers): without one, torch.compile
+    fails on the first step with a long traceback."""
+    return any(shutil.which(c) for c in (os.environ.get("CXX", ""), "g++", "clang++", "c++") if c)
 
 
 def check_data_options(cfg: TrainConfig) -> None:
