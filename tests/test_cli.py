@@ -136,3 +136,19 @@ def test_installed_command_exit_code(tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("gptclf: error:") and "Traceback" not in proc.stderr
+
+
+def test_recipe_sets_defaults_and_flags_override_them():
+    from gptclf.cli import build_parser
+
+    book = build_parser("book").parse_args(["train"])
+    recipe = build_parser("smollm2").parse_args(["train", "--recipe", "smollm2"])
+    assert (book.model, book.bucket) == ("gpt2-small", True)
+    assert (recipe.model, recipe.trainable, recipe.bucket) == (
+        "smollm2-135m",
+        "last_two_blocks",
+        False,
+    )
+    again = build_parser("smollm2").parse_args(["train", "--recipe", "smollm2", "--bucket"])
+    assert again.bucket is True and again.lr == recipe.lr == 2e-4
+    assert build_parser("book").parse_args(["train", "--no-bucket"]).bucket is False

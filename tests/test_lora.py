@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -211,11 +212,28 @@ def test_fit_with_lora_trains_saves_and_reloads(small_split, tmp_path):  # noqa:
     assert again["loss"] == pytest.approx(metrics["test"]["loss"], abs=1e-6)
 
 
+def test_fit_with_lora_in_the_last_block_caches_the_frozen_prefix(small_split, tmp_path):  # noqa: F811
+    cfg = tiny(small_split, tmp_path / "run", trainable="lora", lora_rank=4, lora_blocks=1)
+    metrics = fit(replace(cfg, epochs=1))
+    assert metrics["cached_from_block"] == 1  # block 0 has no adapter: computed once per text
+    assert metrics["config"]["lora"]["last_blocks"] == 1
+    clf = Classifier.load(tmp_path / "run")
+    assert len(lora_layers(clf.model)) == 4  # the last block's four linears
+    again = clf.evaluate(load_dataset(small_split / "test.csv"))
+    assert again["confusion_matrix"] == metrics["test"]["confusion_matrix"]
+    assert again["loss"] == pytest.approx(metrics["test"]["loss"], abs=1e-6)
+    with pytest.raises(GptclfError, match="lora-blocks must be at least 1"):
+        replace(cfg, lora_blocks=0)
+    with pytest.raises(GptclfError, match="last_blocks=3: the model has 2 blocks"):
+        fit(replace(cfg, lora_blocks=3))
+
+
 def test_cli_lora_flags():
     args = build_parser().parse_args(
         ["train", "--trainable", "lora", "--lora-rank", "16", "--lora-alpha", "16"]
-        + ["--lora-targets", "attention", "--lora-scaling", "alpha"]
+        + ["--lora-targets", "attention", "--lora-scaling", "alpha", "--lora-blocks", "2"]
     )
+    assert args.lora_blocks == 2
     assert (args.trainable, args.lora_rank, args.lora_alpha) == ("lora", 16, 16.0)
     assert (args.lora_targets, args.lora_scaling) == ("attention", "alpha")
     with pytest.raises(SystemExit):

@@ -72,6 +72,14 @@ def add_train_args(p: argparse.ArgumentParser, recipe: str = "book") -> None:
         choices=LORA_SCALINGS,
         help="update scale: alpha/rank (default) or alpha (the book's bonus code)",
     )
+    p.add_argument(
+        "--lora-blocks",
+        type=int,
+        default=d.lora_blocks,
+        metavar="N",
+        help="adapters in the last N blocks only (default: every block); the frozen blocks "
+        "below them are computed once per text (prefix cache)",
+    )
     p.add_argument("--pool", default=d.pool, choices=POOL_MODES)
     p.add_argument("--padding", default=d.padding, choices=PADDING_MODES)
     p.add_argument(
@@ -107,11 +115,11 @@ def add_train_args(p: argparse.ArgumentParser, recipe: str = "book") -> None:
         help="examples per step and process (global batch = this x processes x --grad-accum)",
     )
     p.add_argument(
-        "--no-bucket",
-        dest="bucket",
-        action="store_false",
+        "--bucket",
+        action=argparse.BooleanOptionalAction,
         default=d.bucket,
-        help="dynamic padding: random batches instead of batches of similar lengths",
+        help="dynamic padding: batches of similar lengths (faster with long-tailed lengths, but "
+        "nearly one class where length predicts the label) or, --no-bucket, random batches",
     )
     p.add_argument("--grad-accum", type=int, default=d.grad_accum)
     p.add_argument("--lr", type=float, default=d.lr)

@@ -8,16 +8,17 @@ corresponding row of the book's bonus table (GPT-2 small, pretrained, one seed, 
 says otherwise): a point of comparison, not a target.
 
 References:
-- `SMOLLM2` = `RECIPES["smollm2"]` (the main job: SmolLM2-135M, last block, last real token,
-  dynamic padding, bf16, lr 2e-4, 5 epochs); most rows vary one factor of it.
+- `SMOLLM2` = `RECIPES["smollm2"]` (the main job: SmolLM2-135M, last two blocks, last real
+  token, dynamic padding in random batches, bf16, lr 2e-4, 5 epochs); most rows vary one factor
+  of it.
 - `BOOK` = the `TrainConfig` defaults (the book's chapter 6: GPT-2 small, last token, longest
   padding, fp32, lr 5e-5); the pretrained GPT-2 rows use it, so they are the book's rows exactly.
 
-Epochs, and what the table costs on the 2-core CPU it was planned on (`cpu_minutes`, per seed;
-from `benchmarks/results/tune_smollm2.jsonl`, where SmolLM2 `last_block` x 5 epochs took 1.5-4
-minutes and `last_4` x 5 epochs 17 minutes, i.e. roughly 40 s per trainable block and epoch):
-- Rows whose trainable part sits on top of frozen blocks (head, last block, last two blocks, any
-  pooling, padding or mask) are cheap: the prefix cache runs the frozen blocks once per example,
+Epochs, and what the table costs on the 2-core CPU it was planned on (`cpu_minutes`, per seed:
+the measured train time plus model loading for rows that ran there; otherwise estimated from
+`benchmarks/results/tune_smollm2.jsonl`, roughly 40 s per trainable SmolLM2 block and epoch):
+- Rows whose trainable part sits on top of frozen blocks (head, last block, last two blocks, LoRA
+  in the last blocks, any pooling, padding or mask) are cheap: the prefix cache runs the frozen blocks once per example,
   and each epoch only runs the trainable top. They keep the book's 5 epochs.
 - `trainable=all` and LoRA on a 135M model cannot be cached (something trainable sits in block 0),
   so every step runs all 30 blocks forward and backward: about 25 minutes per epoch. They get 2
@@ -25,7 +26,7 @@ minutes and `last_4` x 5 epochs 17 minutes, i.e. roughly 40 s per trainable bloc
   pretrained weights uses the book's lr 5e-5 (2e-4 was tuned for one block).
 - Random-init rows train every layer from scratch, 2 epochs each, at the recipe's lr 2e-4.
 - `gpu_only` rows would take many hours (or days) on that CPU; the runner skips them without CUDA.
-Everything runnable offline adds up to about 3 hours per seed, 9 for the default three seeds
+Everything runnable offline adds up to about 2.5 hours per seed, mostly the three uncached rows
 (`gptclf experiments list` sums the estimates). Pretrained GPT-2 rows run only where their
 weights are cached.
 """
@@ -81,7 +82,8 @@ QUESTIONS: dict[str, Question] = {
     ),
     "lora": Question(
         "Is LoRA as good as finetuning layers?",
-        "LoRA adapters on every linear of every block, against the last block and all layers.",
+        "LoRA adapters on every linear of the last two blocks or of every block, against "
+        "finetuning those layers.",
         references=("smollm2", "smollm2-all"),
     ),
     "padding": Question(
@@ -97,7 +99,8 @@ BASELINE_QUESTION = "baseline"  # the TF-IDF row: shown beside every question's 
 # The factors each row spells out (the rest of TrainConfig keeps its defaults: book split, ...).
 FACTORS = (
     "model", "weights", "trainable", "pool", "padding", "causal", "lora_rank", "lora_alpha",
-    "lora_targets", "lora_scaling", "batch_size", "grad_accum", "lr", "epochs", "precision",
+    "lora_targets", "lora_scaling", "lora_blocks", "batch_size", "grad_accum", "bucket", "lr",
+    "epochs", "precision",
 )  # fmt: skip
 _DEFAULTS = TrainConfig()
 BOOK: dict[str, Any] = {f: getattr(_DEFAULTS, f) for f in FACTORS}
@@ -150,11 +153,11 @@ EXPERIMENTS_LIST: list[Experiment] = [
     ),
     Experiment(
         "smollm2-last-block", "trainable", "last block", _smollm2(trainable="last_block"),
-        book="98.33", book_row="last block, last non-padding token", cpu_minutes=3,
+        book="98.33", book_row="last block, last non-padding token", cpu_minutes=1.5,
     ),
     Experiment(
         "smollm2", "trainable", "last two blocks (the smollm2 recipe)", _smollm2(),
-        book="98.33", book_row="last two blocks", cpu_minutes=5,
+        book="98.33", book_row="last two blocks", cpu_minutes=2,
     ),
     Experiment(
         "smollm2-all", "trainable", "all layers", _smollm2(trainable="all", lr=_ALL_LR, epochs=2),
@@ -165,30 +168,30 @@ EXPERIMENTS_LIST: list[Experiment] = [
     Experiment(
         "smollm2-pool-last", "pool", "last position (pads included)",
         _smollm2(pool="last", padding="longest"),
-        book="95.00", book_row="last token, last block", cpu_minutes=8,
+        book="95.00", book_row="last token, last block", cpu_minutes=4.5,
         note="padding=longest as in the book: with `last`, dynamic padding would make a text's "
         "features depend on its batch-mates (and turn the prefix cache off)",
     ),
     Experiment(
         "smollm2-pool-first", "pool", "first token", _smollm2(pool="first"),
-        book="75.00", book_row="first token, last block", cpu_minutes=3,
+        book="75.00", book_row="first token, last block", cpu_minutes=2,
     ),
     Experiment(
         "smollm2-pool-mean", "pool", "mean over real tokens", _smollm2(pool="mean"),
-        book="96.33", book_row="mean over all tokens", cpu_minutes=3,
+        book="96.33", book_row="mean over all tokens", cpu_minutes=2,
     ),
     # 3. BERT vs GPT
     Experiment(
         "minilm-cls", "bert_vs_gpt", "MiniLM-L6, [CLS], last block",
-        _smollm2(model="minilm-l6", pool="cls"), cpu_minutes=1,
+        _smollm2(model="minilm-l6", pool="cls"), cpu_minutes=0.5,
     ),
     Experiment(
         "minilm-mean", "bert_vs_gpt", "MiniLM-L6, mean, last block",
-        _smollm2(model="minilm-l6", pool="mean"), cpu_minutes=1,
+        _smollm2(model="minilm-l6", pool="mean"), cpu_minutes=0.5,
     ),
     Experiment(
         "minilm-all", "bert_vs_gpt", "MiniLM-L6, [CLS], all layers",
-        _smollm2(model="minilm-l6", pool="cls", trainable="all", lr=_ALL_LR), cpu_minutes=2,
+        _smollm2(model="minilm-l6", pool="cls", trainable="all", lr=_ALL_LR), cpu_minutes=1.5,
         note="5 epochs: 22.7M parameters are cheap enough; lr 5e-5 as for smollm2-all",
     ),
     Experiment(
@@ -199,11 +202,11 @@ EXPERIMENTS_LIST: list[Experiment] = [
     # 4. The causal mask
     Experiment(
         "smollm2-no-causal-mask", "causal_mask", "no causal mask", _smollm2(causal=False),
-        book="95.33", book_row="no causal mask (last token)", cpu_minutes=3,
+        book="95.33", book_row="no causal mask (last token)", cpu_minutes=1.5,
     ),
     Experiment(
         "smollm2-no-causal-mask-first", "causal_mask", "no causal mask, first token",
-        _smollm2(causal=False, pool="first"), cpu_minutes=3,
+        _smollm2(causal=False, pool="first"), cpu_minutes=1.5,
         note="without the mask the first token sees the whole text: is the mask what sinks "
         "first-token pooling?",
     ),
@@ -248,11 +251,16 @@ EXPERIMENTS_LIST: list[Experiment] = [
         note="2 epochs: adapters in block 0 leave nothing to cache (backward runs through all "
         "30 blocks)",
     ),
+    Experiment(
+        "smollm2-lora-last-two", "lora", "LoRA r=8, α=16, last two blocks",
+        _smollm2(trainable="lora", lora_blocks=2), cpu_minutes=2,
+        note="the recipe's two blocks, as adapters: the 28 frozen blocks below are cached",
+    ),
     # 7. Padding
     Experiment(
         "smollm2-pad-longest", "padding", "pad to the longest training text",
         _smollm2(padding="longest"),
-        book="98.33", book_row="longest training text, last non-padding token", cpu_minutes=8,
+        book="98.33", book_row="longest training text, last non-padding token", cpu_minutes=3.5,
     ),
     Experiment(
         "smollm2-pad-max-context", "padding", "pad to the context (8,192 tokens)",
@@ -262,14 +270,15 @@ EXPERIMENTS_LIST: list[Experiment] = [
         "padding, too large to cache): days per seed on 2 CPU cores",
     ),
     Experiment(
-        "smollm2-no-bucket", "padding", "dynamic padding, random batches",
-        _smollm2(bucket=False), cpu_minutes=2,
-        note="length-bucketed batches are nearly one class here (spam texts are long)",
+        "smollm2-bucket", "padding", "dynamic padding, length-bucketed batches",
+        _smollm2(bucket=True), cpu_minutes=1.5,
+        note="bucketed batches are nearly one class here (spam texts are long); the recipe's "
+        "default until this row was measured",
     ),
     Experiment(
         "smollm2-pad-none", "padding", "no padding (batch 1, grad. accumulation 8)",
         _smollm2(batch_size=1, grad_accum=8),
-        book="98.00–98.33", book_row="no padding (batch size 1)", cpu_minutes=10,
+        book="98.00–98.33", book_row="no padding (batch size 1)", cpu_minutes=2.5,
     ),
     # Baseline: beside every question
     Experiment(
