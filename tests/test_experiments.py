@@ -310,3 +310,24 @@ def test_a_bad_row_is_caught_without_running():
         validate(Experiment("bad", "trainable", "bad", {"poool": "last"}))
     with pytest.raises(GptclfError, match="unknown question"):
         validate(Experiment("bad", "size", "bad", {}))
+
+
+def test_hard_texts_lists_what_most_leading_runs_miss(ran, small_split):
+    results, table, _, _ = ran
+    rows = [report.Row(table[n], json_records(results, n)) for n in ("tiny-last", "tiny-head")]
+    rows = [report.Row(r.exp, [json.loads(json.dumps(rec)) for rec in r.records]) for r in rows]
+    for rec, wrong in zip(
+        [rec for r in rows for rec in r.records], [[0, 1], [0, 2], [0], [0, 1]], strict=True
+    ):
+        rec["metrics"]["test"]["misclassified"] = wrong
+    other_split = json.loads(json.dumps(rows[0].records[0]))
+    other_split["config"]["train_config"]["split_seed"] = 999  # another split: left out
+    other_split["metrics"]["test"]["misclassified"] = [3]
+    rows[0].records.append(other_split)
+    text = "\n".join(report.hard_texts(rows))
+    assert "4 of their runs list their test mistakes (2 rows)" in text
+    assert "1 test texts are wrong in more than half of those runs, 1 in all of them" in text
+    first = " ".join(load_dataset(small_split / "test.csv").texts[0].split())
+    assert "| 0 | " in text and "4 of 4" in text and first[:60] in text
+    assert "| 1 | " not in text  # missed by 2 of 4: not more than half
+    assert report.hard_texts([report.Row(table["tiny-last"], [])]) == []

@@ -10,6 +10,7 @@ from gptclf.metrics import (
     average_precision,
     classification_metrics,
     logit_metrics,
+    misclassified,
     pr_curve,
     roc_auc,
     roc_curve,
@@ -90,3 +91,9 @@ def test_undefined_cases() -> None:
     assert m["per_class"]["c"]["precision"] == 0.0  # 0/0 → 0, as scikit-learn
     m = classification_metrics([0, 1], [1, 1], 2)
     assert m["roc_auc"] is None and m["recall"] == 1.0 and m["precision"] == 0.5
+
+
+def test_misclassified_lists_wrong_indices():
+    logits = np.array([[2.0, 0.0], [0.0, 1.0], [3.0, -1.0], [0.5, 0.4]])
+    assert misclassified(logits, [0, 0, 1, 0]) == [1, 2]
+    assert misclassified(logits, [0, 1, 0, 0]) == []

@@ -61,6 +61,13 @@ def test_fit_writes_a_self_describing_checkpoint(small_split, tmp_path):
     again = clf.evaluate(load_dataset(small_split / "test.csv"))
     assert again["accuracy"] == metrics["test"]["accuracy"]
     assert again["confusion_matrix"] == metrics["test"]["confusion_matrix"]
+    # The misclassified test indices are the texts the reloaded model gets wrong.
+    test = load_dataset(small_split / "test.csv")
+    predicted = [clf.labels.index(p.label) for p in clf.predict(test.texts)]
+    wrong = [i for i, (p, y) in enumerate(zip(predicted, test.labels, strict=True)) if p != y]
+    assert saved["test"]["misclassified"] == wrong
+    cm = saved["test"]["confusion_matrix"]
+    assert len(wrong) == sum(cm[i][j] for i in range(2) for j in range(2) if i != j)
     preds = clf.predict(["WINNER!! Claim your free prize now", "see you at lunch"])
     assert all(p.label in ("ham", "spam") for p in preds)
     assert all(abs(sum(p.probabilities.values()) - 1) < 1e-5 for p in preds)

@@ -100,6 +100,11 @@ def logit_metrics(
     return metrics
 
 
+def misclassified(logits: np.ndarray, labels: Sequence[int]) -> list[int]:
+    """Indices of the examples whose highest logit is not their label's."""
+    return np.flatnonzero(np.asarray(logits).argmax(axis=1) != np.asarray(labels)).tolist()
+
+
 def _ranked(is_positive: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """Cumulative true and false positives at each distinct threshold, highest score first."""
     y = np.asarray(is_positive, dtype=bool)

@@ -30,7 +30,7 @@ from gptclf.errors import GptclfError
 from gptclf.inference import autocast, batch_logits, predict_logits
 from gptclf.lm import load_lm
 from gptclf.lora import apply_lora
-from gptclf.metrics import logit_metrics
+from gptclf.metrics import logit_metrics, misclassified
 from gptclf.prefix_cache import PrefixCache, build_caches, cache_start
 
 log = logging.getLogger(__name__)
@@ -386,6 +386,8 @@ def _fit(cfg: TrainConfig, d: Dist, device: torch.device, started: float) -> dic
         name: logit_metrics(logits[name].numpy(), data[name].labels, train.label_names)
         for name in SPLITS
     }
+    # Which test texts were wrong (indices into the test split): to see what every run misses.
+    metrics["test"]["misclassified"] = misclassified(logits["test"].numpy(), data["test"].labels)
     metrics.update(
         best_epoch=best_epoch,
         train_seconds=train_seconds,

@@ -15,7 +15,7 @@ import numpy as np
 
 from gptclf.data import splits_from_config
 from gptclf.errors import GptclfError
-from gptclf.metrics import logit_metrics
+from gptclf.metrics import logit_metrics, misclassified
 from gptclf.train import SPLITS, TrainConfig
 
 C_GRID = (0.1, 1.0, 10.0, 100.0)  # inverse L2 strength; the best on validation is kept
@@ -55,6 +55,9 @@ def tfidf_logreg(cfg: TrainConfig, c_grid: tuple[float, ...] = C_GRID) -> dict[s
         )
         for name in SPLITS
     }
+    metrics["test"]["misclassified"] = misclassified(
+        best.predict_log_proba(features["test"]), data["test"].labels
+    )
     n_params = int(best.coef_.size + best.intercept_.size)
     metrics.update(
         best_epoch=None,

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from gptclf.checkpoint import atomic_write
+from gptclf.data import splits_from_config
 from gptclf.experiments.configs import (
     BASELINE_QUESTION,
     EXPERIMENTS,
@@ -293,6 +294,45 @@ def target(rows: list[Row]) -> list[str]:
     for r in eligible:
         top = max(100 * rec["test_accuracy"] for rec in r.records)
         lines.append(f"| {r.exp.name} | {r.n} | {fmt_pm(r.acc, r.acc_std)} | {top:.2f} |")
+    leading = [r for r in complete if r.acc >= best.acc - LEADING_POINTS]
+    return lines + hard_texts(leading)
+
+
+LEADING_POINTS = 1.0  # rows within this many points of the best mean count as "leading"
+
+
+def hard_texts(rows: list[Row]) -> list[str]:
+    """The test texts that most runs of `rows` get wrong, from the runs that list their mistakes
+    (`misclassified`, recorded since the runner started keeping it) on the first run's split."""
+    runs = [rec for r in rows for rec in r.records if "misclassified" in rec["metrics"]["test"]]
+    if not runs:
+        return []
+    split_keys = ("data", "split", "split_seed", "text_columns", "label_column", "test")
+    first = runs[0]["config"]["train_config"]
+    runs = [
+        rec for rec in runs
+        if all(rec["config"]["train_config"].get(k) == first.get(k) for k in split_keys)
+    ]  # fmt: skip
+    misses = Counter(i for rec in runs for i in rec["metrics"]["test"]["misclassified"])
+    hard = sorted((i for i, k in misses.items() if 2 * k > len(runs)), key=lambda i: -misses[i])
+    test = splits_from_config(first)[2]
+    names = {rec["name"] for rec in runs}
+    lines = [
+        "",
+        f"What the leading rows (within {LEADING_POINTS:g} point of the best mean) miss: "
+        f"{len(runs)} of their runs list their test mistakes ({len(names)} rows). "
+        f"{len(hard)} test texts are wrong in more than half of those runs, "
+        f"{sum(k == len(runs) for k in misses.values())} in all of them; a row at "
+        f"{TARGET_BEST:.2f}% may miss {int(len(test.labels) * (100 - TARGET_BEST) / 100)} of the "
+        f"{len(test.labels)}.",
+    ]
+    if hard:
+        lines += ["", "| test # | label | missed by | text |", "|---|---|---|---|"]
+        for i in hard:
+            text = " ".join(test.texts[i].split()).replace("|", "\\|")
+            text = text if len(text) <= 120 else text[:117] + "..."
+            label = test.label_names[test.labels[i]]
+            lines.append(f"| {i} | {label} | {misses[i]} of {len(runs)} | {text} |")
     return lines
 
 
