@@ -40,8 +40,9 @@ def tiny_table(split):
     base = dict(model="gpt2-tiny", weights="random", data=str(split), epochs=1, lr=1e-3)
     rows = [
         Experiment("tiny-last", "trainable", "last block", {**base, "trainable": "last_block"},
-                   book="95.00", book_row="last block"),
-        Experiment("tiny-head", "trainable", "head only", {**base, "trainable": "head"}),
+                   book="95.00", book_row="last block", cpu_minutes=20),
+        Experiment("tiny-head", "trainable", "head only", {**base, "trainable": "head"},
+                   cpu_minutes=10),
         Experiment("tiny-gpu", "trainable", "needs a GPU", base, gpu_only="too big"),
         Experiment("tiny-tfidf", BASELINE_QUESTION, "TF-IDF", {"data": str(split)},
                    method="tfidf"),
@@ -260,6 +261,12 @@ def test_cli_list_run_and_report(ran, tmp_path, capsys, monkeypatch):
     )
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [(x["seed"], x["status"]) for x in lines] == [(2, "cached"), (1, "cached")] and not calls
+    assert main(["experiments", "list", "--seeds", "1,2,3", "--results", str(results)]) == 0
+    listed = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()}
+    assert listed["tiny-last"][3] == listed["tiny-tfidf"][3] == "2/3"
+    assert listed["tiny-gpu"][3] == "0/3"
+    line = " ".join(listed["runnable"])  # 30 min per seed; one of three seeds left per row
+    assert "about 30 min per seed; not cached yet for seeds 1,2,3: about 30 min" in line
     monkeypatch.undo()
     out = tmp_path / "RESULTS.md"
     assert (

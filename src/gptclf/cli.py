@@ -310,19 +310,27 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 
 def cmd_experiments_list(args: argparse.Namespace) -> int:
-    from gptclf.experiments.configs import EXPERIMENTS
-    from gptclf.experiments.runner import skip_reason
+    from gptclf.experiments import runner
 
-    print(f"{'name':29s} {'question':12s} {'min/seed':>8s}  label [why it is skipped here]")
-    minutes = 0.0
-    for e in EXPERIMENTS.values():
-        reason = skip_reason(e)
+    experiments = runner.EXPERIMENTS
+    seeds = runner.parse_seeds(args.seeds)
+    found = runner.load_results(args.results, experiments)
+    print(f"{'name':29s} {'question':12s} {'min/seed':>8s} {'cached':>6s}  label [why skipped]")
+    per_seed = to_run = 0.0
+    for e in experiments.values():
+        reason = runner.skip_reason(e)
+        done = {r["seed"] for r in found.get(e.name, [])} & set(seeds)
         if reason is None:
-            minutes += e.cpu_minutes or 0.0
+            per_seed += e.cpu_minutes or 0.0
+            to_run += (e.cpu_minutes or 0.0) * (len(seeds) - len(done))
         cost = "-" if e.cpu_minutes is None else f"{e.cpu_minutes:g}"
+        cached = f"{len(done)}/{len(seeds)}"
         skipped = f" [{reason}]" if reason else ""
-        print(f"{e.name:29s} {e.question:12s} {cost:>8s}  {e.label}{skipped}")
-    print(f"runnable here: about {minutes:.0f} min per seed (estimated for a 2-core CPU)")
+        print(f"{e.name:29s} {e.question:12s} {cost:>8s} {cached:>6s}  {e.label}{skipped}")
+    print(
+        f"runnable here: about {per_seed:.0f} min per seed; not cached yet for seeds "
+        f"{','.join(map(str, seeds))}: about {to_run:.0f} min (estimated for a 2-core CPU)"
+    )
     return 0
 
 
@@ -442,7 +450,11 @@ def build_parser(recipe: str = "book") -> argparse.ArgumentParser:
 
     p = sub.add_parser("experiments", help="the results table: named runs, cached, and the report")
     exp_sub = p.add_subparsers(dest="experiments_command", required=True)
-    p = exp_sub.add_parser("list", help="named experiments, estimated CPU minutes, availability")
+    p = exp_sub.add_parser(
+        "list", help="named experiments, estimated CPU minutes, cached seeds, availability"
+    )
+    p.add_argument("--seeds", default="123,124,125", help="the seeds counted as cached")
+    p.add_argument("--results", metavar="DIR", help="result cache (default experiments/results)")
     p.set_defaults(func=cmd_experiments_list)
     p = exp_sub.add_parser("run", help="run experiments for each seed, skipping cached results")
     p.add_argument("names", nargs="*", metavar="NAME", help="experiment names (`experiments list`)")
