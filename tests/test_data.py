@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import zipfile
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from gptclf.data import (
     read_sms_spam,
     read_split_file,
     split_book,
+    split_book_full,
     split_stratified,
     splits_from_config,
     write_split,
@@ -131,6 +133,23 @@ def test_split_book_generalizes(sms: LabeledTexts) -> None:
     assert sizes == [1045, 149, 300]
     with pytest.raises(GptclfError, match="2 classes"):
         split_book(LabeledTexts(["a", "b", "c"], [0, 1, 2], ["x", "y", "z"]))
+
+
+def test_split_book_full_keeps_the_book_held_out_rows_and_trains_on_the_rest(sms) -> None:
+    book_train, book_val, book_test = split_book(sms)
+    train, val, test = split_book_full(sms)
+    assert (val, test) == (book_val, book_test)  # the same held-out rows, in the same order
+    assert train.texts[: len(book_train)] == book_train.texts
+    held_out = set(val.texts) | set(test.texts)
+    extra = train.texts[len(book_train) :]
+    assert extra and not held_out & set(extra)  # no copy of a held-out text joins training
+    # Every row of the file is in one split, or was dropped as a copy of a held-out text.
+    dropped = Counter(sms.texts) - Counter(train.texts + val.texts + test.texts)
+    assert dropped and set(dropped) <= held_out
+    assert not Counter(train.texts + val.texts + test.texts) - Counter(sms.texts)
+    assert set(extra) <= {t for t, y in zip(sms.texts, sms.labels, strict=True) if y == 0}  # ham
+    assert load_splits("sms-spam", "book_full") == (train, val, test)
+    assert split_book_full(sms, seed=5)[2] == split_book(sms, seed=5)[2]
 
 
 def test_split_stratified(sms: LabeledTexts) -> None:

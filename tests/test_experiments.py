@@ -145,6 +145,17 @@ def test_partial_stale_or_failed_results_do_not_count(ran, tmp_path, monkeypatch
     record["overrides"]["lr"] = 0.5  # made with settings the row no longer has
     path.write_text(json.dumps(record))
     assert runner.run(["tiny-head"], [1], tmp_path, table)[0].status == "done"
+    record = json.loads(whole)  # made before a factor existed: read from its TrainConfig
+    ran_with = record["config"]["train_config"]["epochs"]
+    del record["overrides"]["epochs"]
+    path.write_text(json.dumps(record))
+    assert runner.load_result(path, table["tiny-head"]) is not None
+    record["config"]["train_config"]["epochs"] = ran_with + 1  # ran otherwise than the row says
+    path.write_text(json.dumps(record))
+    assert runner.load_result(path, table["tiny-head"]) is None
+    del record["config"]["train_config"]["epochs"]  # and unknown: stale
+    path.write_text(json.dumps(record))
+    assert runner.load_result(path, table["tiny-head"]) is None
     del record["test_f1"]  # a record missing a key
     record["overrides"] = json.loads(whole)["overrides"]
     path.write_text(json.dumps(record))
@@ -281,7 +292,8 @@ def test_cli_list_run_and_report(ran, tmp_path, capsys, monkeypatch):
 
 
 def test_every_named_config_is_a_valid_train_config():
-    assert len(QUESTIONS) == 7
+    seven = ["trainable", "pool", "bert_vs_gpt", "causal_mask", "model_size", "lora", "padding"]
+    assert list(QUESTIONS)[:7] == seven  # the book's seven first, then ours
     seen = set()
     for exp in EXPERIMENTS.values():
         cfg = validate(exp)
@@ -297,7 +309,8 @@ def test_every_named_config_is_a_valid_train_config():
     for qid, question in QUESTIONS.items():
         assert any(e.question == qid for e in EXPERIMENTS.values()), qid
         assert all(name in EXPERIMENTS for name in question.references), qid
-    assert [e.method for e in EXPERIMENTS.values()].count("tfidf") == 1
+    baselines = [e for e in EXPERIMENTS.values() if e.question == BASELINE_QUESTION]
+    assert [e.method for e in baselines] == ["tfidf"]  # one row beside every question
     smollm2 = EXPERIMENTS["smollm2"].train_config()
     assert (smollm2.model, smollm2.pool, smollm2.padding) == (
         "smollm2-135m",

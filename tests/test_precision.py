@@ -3,8 +3,11 @@
 import pytest
 import torch
 
+import gptclf.api
+import gptclf.inference
 from gptclf.api import Classifier
 from gptclf.errors import GptclfError
+from gptclf.inference import native_bf16, resolve_precision
 from gptclf.train import fit
 from test_train import small_split, tiny  # noqa: F401  (fixture)
 
@@ -16,8 +19,29 @@ def run_dir(small_split, tmp_path_factory):  # noqa: F811
     return out
 
 
-def test_default_is_the_training_precision(run_dir):
+def test_default_is_the_training_precision_where_bf16_is_native(run_dir, monkeypatch):
+    monkeypatch.setattr(gptclf.api, "native_bf16", lambda device: True)
     assert Classifier.load(run_dir).precision == "bf16"
+    # Where bf16 is only emulated (several times slower), the default falls back to fp32;
+    # asking for bf16 still gets it.
+    monkeypatch.setattr(gptclf.api, "native_bf16", lambda device: False)
+    assert Classifier.load(run_dir).precision == "fp32"
+    assert Classifier.load(run_dir, precision="bf16").precision == "bf16"
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_trains_in_bf16_only_where_native(small_split, monkeypatch, native):  # noqa: F811
+    monkeypatch.setattr(gptclf.inference, "native_bf16", lambda device: native)
+    metrics = fit(tiny(small_split, epochs=1, precision="auto", report=False))
+    # The record says what ran, not "auto": a checkpoint reloads in the precision it trained in.
+    assert metrics["config"]["train_config"]["precision"] == ("bf16" if native else "fp32")
+
+
+def test_resolve_precision():
+    assert resolve_precision("fp32", "cpu") == "fp32" and resolve_precision("bf16", "cpu") == "bf16"
+    assert resolve_precision("auto", "cpu") == ("bf16" if native_bf16("cpu") else "fp32")
+    with pytest.raises(GptclfError, match="--precision must be one of fp32, bf16, auto"):
+        tiny("unused", precision="fp16")
 
 
 def test_precisions_agree_closely(run_dir):

@@ -48,7 +48,8 @@ def add_train_args(p: argparse.ArgumentParser, recipe: str = "book") -> None:
         "--split",
         default=d.split,
         choices=SPLIT_MODES,
-        help="auto: book on sms-spam, else stratified (with --seed)",
+        help="auto: book on sms-spam, else stratified (with --seed); book_full: the book's "
+        "validation/test, every other row trains",
     )
     p.add_argument(
         "--balance",
@@ -135,8 +136,9 @@ def add_train_args(p: argparse.ArgumentParser, recipe: str = "book") -> None:
     p.add_argument(
         "--precision",
         default=d.precision,
-        choices=["fp32", "bf16"],
-        help="bf16: autocast with fp32 master weights",
+        choices=["fp32", "bf16", "auto"],
+        help="bf16: autocast with fp32 master weights; auto: bf16 where the CPU/GPU runs it "
+        "natively (AVX-512/AMX, Arm BF16, CUDA), else fp32",
     )
     p.add_argument("--device", default=d.device, help="auto | cpu | cuda | cuda:N")
     p.add_argument(
@@ -331,6 +333,15 @@ def cmd_experiments_list(args: argparse.Namespace) -> int:
         f"runnable here: about {per_seed:.0f} min per seed; not cached yet for seeds "
         f"{','.join(map(str, seeds))}: about {to_run:.0f} min (estimated for a 2-core CPU)"
     )
+    import torch
+
+    from gptclf.inference import native_bf16
+
+    if not torch.cuda.is_available() and not native_bf16("cpu"):
+        print(
+            "note: this CPU has no native bf16; the rows with precision=bf16 (most of them) run "
+            "several times slower here than estimated (python benchmarks/bf16_matmul.py)"
+        )
     return 0
 
 
@@ -360,10 +371,10 @@ def cmd_experiments_report(args: argparse.Namespace) -> int:
 def add_precision_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--precision",
-        choices=["fp32", "bf16", "int8"],
+        choices=["fp32", "bf16", "int8", "auto"],
         default=None,
-        help="inference precision (default: the one it was trained with); int8 = "
-        "dynamic quantization of the linear layers",
+        help="inference precision (default: the one it was trained with, but fp32 for bf16 "
+        "where this machine has no native bf16); int8 = dynamic quantization of the linear layers",
     )
 
 

@@ -40,7 +40,9 @@ SMS_SPAM_LABELS = ["ham", "spam"]
 BUNDLED_DATASETS = ("sms-spam", "sms-spam-uci")
 KNOWN_DATASETS = "sms-spam, sms-spam-uci, or a path to a .csv/.tsv/.jsonl/.parquet file"
 SPLIT_NAMES = ("train", "validation", "test")
-SPLIT_MODES = ("auto", "book", "stratified")  # auto: book on the SMS data, else stratified
+# auto: book on the SMS data, else stratified. book_full: the book's validation and test, and
+# every other row trains (see split_book_full).
+SPLIT_MODES = ("auto", "book", "book_full", "stratified")
 BALANCE_MODES = ("none", "undersample")
 LABEL_NAMES_FILE = "label_names.json"  # beside the split CSVs, whose labels are 0/1
 DEFAULT_TEXT_COLUMNS = ("Text",)
@@ -187,10 +189,15 @@ def load_splits(
     else:
         if split == "auto":
             split = "book" if str(data) in BUNDLED_DATASETS else "stratified"
-        if split not in ("book", "stratified"):
+        splitters = {
+            "book": split_book,
+            "book_full": split_book_full,
+            "stratified": split_stratified,
+        }
+        if split not in splitters:
             raise GptclfError(f"unknown split {split!r}, known: {', '.join(SPLIT_MODES)}")
         full = load_dataset(data, text_columns, label_column)
-        splitter = split_book if split == "book" else split_stratified
+        splitter = splitters[split]
         splits = list(splitter(full, seed=seed))
     splits[1:] = [
         align_labels(s, splits[0].label_names, name)
@@ -258,6 +265,37 @@ def split_book(
     larger class (label 0 on a tie, like ``ham``) is sampled down to the smaller one's size, the
     smaller class is appended in file order, and the whole is shuffled, both with ``seed``.
     """
+    parts = _book_indices(data, seed)
+    return data.subset(parts[0]), data.subset(parts[1]), data.subset(parts[2])
+
+
+def split_book_full(
+    data: LabeledTexts, seed: int = 123
+) -> tuple[LabeledTexts, LabeledTexts, LabeledTexts]:
+    """The book's validation and test rows exactly; every other row of ``data`` trains.
+
+    The book undersamples the larger class before it splits, so on the SMS data 4,078 ham
+    messages never reach any split. Here they join the book's 1,045 training rows (after them,
+    shuffled with ``seed``), except any whose text equals a validation or test text (the SMS
+    data repeats messages; a copy in training would let test texts leak in). The training set is
+    then imbalanced: pair it with class weights (``--class-weights auto``).
+    """
+    train, val, test = _book_indices(data, seed)
+    held_out = {data.texts[i] for i in (*val, *test)}
+    used = {int(i) for i in (*train, *val, *test)}
+    rest = [i for i in range(len(data)) if i not in used and data.texts[i] not in held_out]
+    rest = np.asarray(rest, dtype=np.int64)[np.random.RandomState(seed).permutation(len(rest))]
+    logger.info(
+        "split_book_full: %d rows the book leaves out join its %d training rows (%d dropped as "
+        "copies of validation/test texts)",
+        len(rest), len(train), len(data) - len(used) - len(rest),
+    )  # fmt: skip
+    full_train = np.concatenate([train, rest])
+    return data.subset(full_train), data.subset(val), data.subset(test)
+
+
+def _book_indices(data: LabeledTexts, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row indices of the book's train, validation and test splits (see ``split_book``)."""
     if len(data.label_names) != 2:
         raise GptclfError(f"split_book needs 2 classes, not {len(data.label_names)}")
     labels = np.asarray(data.labels)
@@ -276,7 +314,7 @@ def split_book(
     val_end = train_end + int(n * 0.1)
     parts = order[:train_end], order[train_end:val_end], order[val_end:]
     logger.debug("split_book sizes: %s", [len(p) for p in parts])
-    return data.subset(parts[0]), data.subset(parts[1]), data.subset(parts[2])
+    return parts
 
 
 def split_stratified(

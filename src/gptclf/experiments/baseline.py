@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from gptclf.balance import class_weights
 from gptclf.data import splits_from_config
 from gptclf.errors import GptclfError
 from gptclf.metrics import logit_metrics, misclassified
@@ -38,9 +39,13 @@ def tfidf_logreg(cfg: TrainConfig, c_grid: tuple[float, ...] = C_GRID) -> dict[s
     vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)
     features = {"train": vectorizer.fit_transform(train.texts)}
     features.update({n: vectorizer.transform(data[n].texts) for n in SPLITS[1:]})
+    weights = class_weights(cfg.class_weights, train)  # as the neural rows weight their loss
+    per_class = None if weights is None else dict(enumerate(weights))
     best, best_acc, history = None, -1.0, []
     for c in c_grid:
-        model = LogisticRegression(C=c, solver="liblinear", random_state=cfg.seed)
+        model = LogisticRegression(
+            C=c, solver="liblinear", class_weight=per_class, random_state=cfg.seed
+        )
         model.fit(features["train"], train.labels)
         acc = float(np.mean(model.predict(features["validation"]) == data["validation"].labels))
         history.append({"C": c, "validation_accuracy": acc})
@@ -70,7 +75,7 @@ def tfidf_logreg(cfg: TrainConfig, c_grid: tuple[float, ...] = C_GRID) -> dict[s
         world_size=1,
         labels=train.label_names,
         truncated={name: 0 for name in SPLITS},
-        class_weights=None,
+        class_weights=weights,
         history=history,
         train_curve={"examples_seen": [], "loss": [], "accuracy": []},
         config={"baseline": "tfidf-logreg", "C": float(best.C),

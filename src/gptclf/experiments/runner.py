@@ -100,12 +100,24 @@ def load_result(path: Path, exp: Experiment, seed: int | None = None) -> dict[st
             "%s: made on another data split than seed %d's; it does not count", path, SPLIT_SEED
         )
         return None
-    if record["overrides"] != _normalized(exp.overrides):
+    if _settings_of(record, exp) != _normalized(exp.overrides):
         log.warning(
             "%s: made with other settings than %s has now; it does not count", path, exp.name
         )
         return None
     return record
+
+
+def _settings_of(record: dict[str, Any], exp: Experiment) -> Any:
+    """The row settings a result was made with. A factor added to the rows after the result was
+    made is read from the full TrainConfig the result recorded, so a new factor leaves old
+    results valid exactly where they ran with the value the row now names."""
+    stored = dict(record["overrides"])
+    ran = (record.get("config") or {}).get("train_config") or {}
+    for factor in exp.overrides.keys() - stored.keys():
+        if factor in ran:
+            stored[factor] = ran[factor]
+    return stored
 
 
 def skip_reason(exp: Experiment) -> str | None:
