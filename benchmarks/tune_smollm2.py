@@ -68,24 +68,37 @@ def run_missing() -> None:
         print(f"{name}: test {record['test_accuracy']:.4f}", flush=True)
 
 
-def bucket_comparison() -> str:
-    """Random vs bucketed batches, from the experiment runner's cached results."""
+def row_accuracies(*rows: str) -> dict[str, str]:
+    """'mean ± std' test accuracy of experiment rows, from the runner's cached results."""
     from gptclf.experiments.configs import EXPERIMENTS
     from gptclf.experiments.report import fmt_pm, mean_std
     from gptclf.experiments.runner import load_results
 
-    rows = ("smollm2", "smollm2-bucket")
     found = load_results(experiments={name: EXPERIMENTS[name] for name in rows})
-    acc = {
+    return {
         name: fmt_pm(*mean_std([100 * r["test_accuracy"] for r in found[name]]))
         if name in found
         else "not run yet"
         for name in rows
     }
+
+
+def bucket_comparison() -> str:
+    """Random vs bucketed batches, from the experiment runner's cached results."""
+    acc = row_accuracies("smollm2", "smollm2-bucket")
     return (
         f"over seeds 123-125 random batches average {acc['smollm2']}% test accuracy against "
         f"{acc['smollm2-bucket']}% bucketed (rows `smollm2` / `smollm2-bucket` of "
         "docs/RESULTS.md; the validation set does not separate them)."
+    )
+
+
+def precision_comparison() -> str:
+    """bf16 vs fp32 training, from the experiment runner's cached results."""
+    acc = row_accuracies("smollm2", "smollm2-fp32")
+    return (
+        f"over seeds 123-125 the recipe averages {acc['smollm2']}% test accuracy in bf16 and "
+        f"{acc['smollm2-fp32']}% in fp32 (rows `smollm2` / `smollm2-fp32` of docs/RESULTS.md)."
     )
 
 
@@ -132,6 +145,9 @@ def write_report() -> None:
         "The search ran with length-bucketed batches; the recipe later moved to random batches",
         "(`bucket: false`): bucketed batches are half one-class on this data",
         f"(`python benchmarks/batch_purity.py`), and {bucket_comparison()}",
+        "The search ran in bf16; the recipe's `precision: auto` keeps bf16 where the hardware has",
+        "it and trains in fp32 elsewhere, where bf16 is emulated and slower",
+        f"(`python benchmarks/bf16_matmul.py`); {precision_comparison()}",
         "",
         "Not run yet (the search resumes where it stopped): "
         + (", ".join(n for n in GRID if n not in {r["name"] for r in rows}) or "none")

@@ -351,3 +351,23 @@ def test_hard_texts_lists_what_most_leading_runs_miss(ran, small_split):
     assert "| 0 | " in text and "4 of 4" in text and first[:60] in text
     assert "| 1 | " not in text  # missed by 2 of 4: not more than half
     assert report.hard_texts([report.Row(table["tiny-last"], [])]) == []
+
+
+def test_train_times_compare_only_within_a_machine(ran):
+    results, table, _, _ = ran
+    rows = [
+        report.Row(table[n], [json.loads(json.dumps(rec)) for rec in json_records(results, n)])
+        for n in ("tiny-last", "tiny-head")
+    ]
+    same = " ".join(report.answer(rows, None))
+    assert "the fastest row" in same or "also the fastest" in same
+    assert "Train s compares only within a machine" not in "\n".join(report.table(rows, table, {}))
+    for rec in rows[1].records:  # the second row ran on a slower machine
+        rec["hardware"]["summary"] = "another CPU, 2 threads, AVX2 (bf16 emulated)"
+    best = max(rows, key=lambda r: r.acc)
+    other = " ".join(report.answer(rows, None))
+    assert "the other rows ran on other machines" in other and "fastest" not in other
+    assert f"in {best.seconds:.1f} s" in other
+    note = report.table(rows, table, {})[-1]
+    assert note.startswith("Train s compares only within a machine")
+    assert "another CPU, 2 threads, AVX2 (bf16 emulated): `tiny-head`" in note

@@ -91,6 +91,12 @@ class Row:
     def params(self) -> int:
         return self.records[0]["trainable_params"]
 
+    @property
+    def machine(self) -> str | None:
+        """The hardware summary its runs share (None if they ran on several machines)."""
+        found = {r["hardware"]["summary"] for r in self.records}
+        return found.pop() if len(found) == 1 else None
+
 
 def setting(exp: Experiment, experiments: dict[str, Experiment]) -> str:
     """What differs from the reference row, as `factor=value` pairs."""
@@ -143,6 +149,16 @@ def table(
             str(row.n),
         ]
         lines.append(f"| {name} | {setting(exp, experiments)} | " + " | ".join(cells + book) + " |")
+    machines = Counter(r["hardware"]["summary"] for row in rows for r in row.records)
+    if len(machines) > 1:
+        groups = {m: [row for row in rows if row.n and row.machine == m] for m in machines}
+        groups["several machines"] = [row for row in rows if row.n and row.machine is None]
+        where = "; ".join(
+            f"{m}: " + ", ".join(f"`{row.exp.name}`" for row in group)
+            for m, group in groups.items()
+            if group
+        )
+        lines += ["", f"Train s compares only within a machine. Runs here: {where}."]
     return lines
 
 
@@ -177,8 +193,15 @@ def answer(rows: list[Row], baseline: Row | None) -> list[str]:
             f"That gap is within the standard deviation over seeds (up to {max(stds):.2f} "
             f"points): with {min(best.n, second.n)} seeds the two are not distinguishable."
         )
-    fastest = min(ran, key=lambda r: r.seconds)
-    if fastest is best:
+    # Train times compare only between rows that ran on the same machine.
+    timed = [r for r in ran if best.machine is not None and r.machine == best.machine]
+    fastest = min(timed, key=lambda r: r.seconds) if timed else None
+    if len(timed) < 2:
+        out.append(
+            f"It trains {fmt_params(best.params)} parameters in {best.seconds:.1f} s; the other "
+            "rows ran on other machines, so their train times are not compared with it."
+        )
+    elif fastest is best:
         out.append(
             f"It is also the fastest to train ({best.seconds:.1f} s, "
             f"{fmt_params(best.params)} trainable parameters)."
@@ -188,6 +211,11 @@ def answer(rows: list[Row], baseline: Row | None) -> list[str]:
             f"It trains {fmt_params(best.params)} parameters in {best.seconds:.1f} s; the "
             f"fastest row, {fastest.exp.label}, takes {fastest.seconds:.1f} s "
             f"({fmt_params(fastest.params)} trainable parameters) for {fastest.acc:.2f}%."
+        )
+    if 2 <= len(timed) < len(ran):
+        out.append(
+            f"(Train times compared among the {len(timed)} rows run on the same machine as the "
+            f"best; {len(ran) - len(timed)} ran elsewhere.)"
         )
     beside = []
     booked = [r for r in ran if r.exp.book_values()]

@@ -170,13 +170,23 @@ def hardware() -> dict[str, Any]:
                 break
     except OSError:
         pass
+    from gptclf.inference import native_bf16
+
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     threads = torch.get_num_threads()
-    summary = f"{cpu}, {threads} threads" + (f", {gpu}" if gpu else "")
+    # Same model name, other speed: an AVX-512 EPYC runs bf16 rows several times faster than an
+    # AVX2 one, so train times are only comparable between runs whose summaries match.
+    capability = torch.backends.cpu.get_cpu_capability()
+    bf16 = native_bf16("cpu")
+    summary = f"{cpu}, {threads} threads, {capability}{'' if bf16 else ' (bf16 emulated)'}" + (
+        f", {gpu}" if gpu else ""
+    )
     return {
         "cpu": cpu,
         "cpu_count": os.cpu_count(),
         "torch_threads": threads,
+        "cpu_capability": capability,
+        "cpu_native_bf16": bf16,
         "gpu": gpu,
         "platform": platform.platform(),
         "summary": summary,
