@@ -26,7 +26,7 @@ from gptclf.checkpoint import ClassifierInfo, load_classifier
 from gptclf.classifier import SequenceClassifier
 from gptclf.data import DEFAULT_LABEL_COLUMN, DEFAULT_TEXT_COLUMNS, LabeledTexts, load_dataset
 from gptclf.errors import GptclfError
-from gptclf.inference import native_bf16, predict_logits, resolve_precision
+from gptclf.inference import native_bf16, predict_logits
 from gptclf.metrics import logit_metrics
 from gptclf.tokenizer import Tokenizer
 
@@ -61,11 +61,11 @@ class Classifier:
         # bf16 where this machine only emulates it (several times slower than fp32 there).
         self.precision = precision or info.train_config.get("precision", "fp32")
         device = next(model.parameters()).device
-        if self.precision == "auto":
-            self.precision = resolve_precision("auto", device)
-        elif precision is None and self.precision == "bf16" and not native_bf16(device):
-            log.info("trained in bf16, but %s has no native bf16: predicting in fp32", device)
-            self.precision = "fp32"
+        if self.precision == "auto" or (precision is None and self.precision == "bf16"):
+            self.precision = "bf16" if native_bf16(device) else "fp32"
+            log.info(
+                "predicting in %s on %s (bf16 only where it is native)", self.precision, device
+            )
         if self.precision not in ("fp32", "bf16", "int8"):
             raise GptclfError(f"precision must be fp32, bf16, int8 or auto, got {self.precision!r}")
         if self.precision == "int8":

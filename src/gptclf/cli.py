@@ -312,7 +312,10 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 
 def cmd_experiments_list(args: argparse.Namespace) -> int:
+    import torch
+
     from gptclf.experiments import runner
+    from gptclf.inference import native_bf16
 
     experiments = runner.EXPERIMENTS
     seeds = runner.parse_seeds(args.seeds)
@@ -333,10 +336,6 @@ def cmd_experiments_list(args: argparse.Namespace) -> int:
         f"runnable here: about {per_seed:.0f} min per seed; not cached yet for seeds "
         f"{','.join(map(str, seeds))}: about {to_run:.0f} min (estimated for a 2-core CPU)"
     )
-    import torch
-
-    from gptclf.inference import native_bf16
-
     if not torch.cuda.is_available() and not native_bf16("cpu"):
         print(
             "note: this CPU has no native bf16; the rows with precision=bf16 (most of them) run "

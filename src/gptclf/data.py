@@ -187,8 +187,7 @@ def load_splits(
         splits = list(split_stratified(full, fractions, seed=seed))
         splits[1:] = [g if g is not None else s for g, s in zip(given, splits[1:], strict=True)]
     else:
-        if split == "auto":
-            split = "book" if str(data) in BUNDLED_DATASETS else "stratified"
+        split = resolve_split(split, data)
         splitters = {
             "book": split_book,
             "book_full": split_book_full,
@@ -209,6 +208,13 @@ def load_splits(
 
         splits[0] = undersample(splits[0], seed=seed)
     return splits[0], splits[1], splits[2]
+
+
+def resolve_split(split: str, data: str | Path) -> str:
+    """`auto` → the book's split on the bundled SMS data, else stratified; others unchanged."""
+    if split != "auto":
+        return split
+    return "book" if str(data) in BUNDLED_DATASETS else "stratified"
 
 
 def splits_from_config(cfg: dict[str, Any]) -> tuple[LabeledTexts, LabeledTexts, LabeledTexts]:
@@ -297,11 +303,13 @@ def split_book_full(
 def _book_indices(data: LabeledTexts, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Row indices of the book's train, validation and test splits (see ``split_book``)."""
     if len(data.label_names) != 2:
-        raise GptclfError(f"split_book needs 2 classes, not {len(data.label_names)}")
+        raise GptclfError(f"--split book/book_full needs 2 classes, not {len(data.label_names)}")
     labels = np.asarray(data.labels)
     counts = np.bincount(labels, minlength=2)
     if counts.min() == 0:
-        raise GptclfError(f"split_book needs both classes present, got counts {counts.tolist()}")
+        raise GptclfError(
+            f"--split book/book_full needs both classes present, got counts {counts.tolist()}"
+        )
     major = 0 if counts[0] >= counts[1] else 1
     major_idx = np.flatnonzero(labels == major)
     minor_idx = np.flatnonzero(labels != major)

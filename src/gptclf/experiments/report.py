@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from gptclf.checkpoint import atomic_write
-from gptclf.data import BUNDLED_DATASETS, splits_from_config
+from gptclf.data import resolve_split, splits_from_config
 from gptclf.experiments.configs import (
     BASELINE_QUESTION,
     EXPERIMENTS,
@@ -149,7 +149,7 @@ def table(
             str(row.n),
         ]
         lines.append(f"| {name} | {setting(exp, experiments)} | " + " | ".join(cells + book) + " |")
-    machines = Counter(r["hardware"]["summary"] for row in rows for r in row.records)
+    machines = dict.fromkeys(r["hardware"]["summary"] for row in rows for r in row.records)
     if len(machines) > 1:
         groups = {m: [row for row in rows if row.n and row.machine == m] for m in machines}
         groups["several machines"] = [row for row in rows if row.n and row.machine is None]
@@ -363,9 +363,8 @@ def hard_texts(rows: list[Row]) -> list[str]:
 def _test_split(train_config: dict[str, Any]) -> tuple[Any, ...]:
     """What fixes a run's test rows: `book_full` (and `auto` on the SMS data) test on the
     book's rows, so their mistakes count together with the book split's."""
-    split = train_config.get("split")
-    if split == "book_full" or (split == "auto" and train_config.get("data") in BUNDLED_DATASETS):
-        split = "book"
+    split = resolve_split(train_config.get("split", "book"), train_config.get("data"))
+    split = "book" if split == "book_full" else split  # the book's test rows, exactly
     keys = ("data", "split_seed", "text_columns", "label_column", "test")
     return (split, *(train_config.get(k) for k in keys))
 
