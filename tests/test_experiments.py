@@ -371,3 +371,17 @@ def test_train_times_compare_only_within_a_machine(ran):
     note = report.table(rows, table, {})[-1]
     assert note.startswith("Train s compares only within a machine")
     assert "another CPU, 2 threads, AVX2 (bf16 emulated): `tiny-head`" in note
+
+
+def test_runner_shares_frozen_prefixes_through_cache_dir(ran, tmp_path):
+    _, table, _, _ = ran
+    cache = tmp_path / "cache"
+    first = runner.run(["tiny-last"], [1], tmp_path / "a", table, cache_dir=cache)
+    again = runner.run(["tiny-last"], [1], tmp_path / "b", table, cache_dir=cache)
+    records = [json.loads(o.path.read_text()) for o in (*first, *again)]
+    assert [r["prefix_cache"] for r in records] == ["computed", "read"]
+    assert len(list(cache.glob("prefix-*.safetensors"))) == 1
+    assert records[0]["test_accuracy"] == records[1]["test_accuracy"]
+    # Without cache_dir, a results dir other than the default one gets no disk cache.
+    runner.run(["tiny-last"], [1], tmp_path / "c", table)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "c", "cache"]

@@ -4,7 +4,7 @@ import torch
 from gptclf.classifier import SequenceClassifier, set_trainable
 from gptclf.config import ModelConfig
 from gptclf.model import GPT
-from gptclf.prefix_cache import cache_start
+from gptclf.prefix_cache import build_caches, cache_start, load_store, store_key
 from gptclf.train import fit
 from test_train import small_split, tiny  # noqa: F401  (fixture)
 
@@ -67,3 +67,82 @@ def test_bf16_runs_and_stays_close(small_split):  # noqa: F811
         fp32["history"][0]["train_loss"], rel=0.05
     )
     assert torch.isfinite(torch.tensor(bf16["history"][0]["validation_loss"]))
+
+
+def _splits():
+    g = torch.Generator().manual_seed(0)
+    lengths = {"train": [5, 9, 3], "validation": [7], "test": [4, 6]}
+    return {
+        name: [torch.randint(1, 100, (n,), generator=g).tolist() for n in ns]
+        for name, ns in lengths.items()
+    }
+
+
+def _states(caches):
+    return {name: [s.clone() for s in c.states] for name, c in caches.items()}
+
+
+def test_stored_cache_is_read_back_identically(tmp_path):
+    model, splits = model_with("last_block", pool="mean"), _splits()
+    first = build_caches(model, splits, 2, pad_id=0, length=None, store_dir=tmp_path)
+    assert all(c.read_from is None for c in first.values())
+    assert len(list(tmp_path.glob("prefix-*.safetensors"))) == 1
+    second = build_caches(model, splits, 2, pad_id=0, length=None, store_dir=tmp_path)
+    for name, states in _states(first).items():
+        assert second[name].read_from is not None
+        for a, b in zip(states, second[name].states, strict=True):
+            assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["texts", "weights", "start", "length", "precision", "mask", "causal", "trainable_block"],
+)
+def test_store_key_changes_with_what_the_states_depend_on(change):
+    model, splits = model_with("last_block", pool="mean"), _splits()
+    settings = dict(pad_id=0, length=None, batch_size=32, precision="fp32", dtype=torch.float32)
+    start = 2
+    before = store_key(model, splits, start, **settings)
+    if change == "texts":
+        splits["test"][0][0] += 1
+    elif change == "weights":
+        with torch.no_grad():
+            model.backbone.h[0].attn.c_proj.weight[0, 0] += 1e-3
+    elif change == "start":
+        start = 1
+    elif change == "length":
+        settings["length"] = 16
+    elif change == "precision":
+        settings["precision"] = "bf16"
+    elif change == "mask":
+        model.pool_mode = "last"  # the backbone then runs without an attention mask
+    elif change == "causal":
+        model = model_with("last_block", pool="mean", causal=False)
+    after = store_key(model, splits, start, **settings)
+    if change == "trainable_block":  # block 2 does not feed the states entering it
+        with torch.no_grad():
+            model.backbone.h[2].attn.c_proj.weight[0, 0] += 1.0
+        assert store_key(model, splits, start, **settings) == before
+        return
+    assert after != before
+
+
+def test_unreadable_store_is_recomputed(tmp_path, caplog):
+    model, splits = model_with("last_block", pool="mean"), _splits()
+    build_caches(model, splits, 2, pad_id=0, length=None, store_dir=tmp_path)
+    (path,) = tmp_path.glob("prefix-*.safetensors")
+    path.write_bytes(b"not a safetensors file")
+    again = build_caches(model, splits, 2, pad_id=0, length=None, store_dir=tmp_path)
+    assert again["train"].read_from is None and "unreadable" in caplog.text
+    assert load_store(path, splits, 2) is not None  # rewritten whole
+
+
+def test_fit_with_cache_dir_reads_the_second_time(small_split, tmp_path):  # noqa: F811
+    first = fit(tiny(small_split, epochs=1, cache_dir=str(tmp_path)))
+    second = fit(tiny(small_split, epochs=1, cache_dir=str(tmp_path), lr=1e-4))
+    assert (first["prefix_cache"], second["prefix_cache"]) == ("computed", "read")
+    plain = fit(tiny(small_split, epochs=1, lr=1e-4))
+    assert second["test"]["confusion_matrix"] == plain["test"]["confusion_matrix"]
+    assert second["history"][0]["train_loss"] == pytest.approx(
+        plain["history"][0]["train_loss"], rel=1e-6
+    )

@@ -148,6 +148,12 @@ def add_train_args(p: argparse.ArgumentParser, recipe: str = "book") -> None:
         help="recompute frozen lower blocks every step (default: cache them once)",
     )
     p.add_argument(
+        "--cache-dir",
+        default=d.cache_dir,
+        help="also keep the frozen-prefix cache in this folder, keyed by weights, settings and "
+        "texts: later runs with the same frozen prefix (other seeds, heads, lrs) skip computing it",
+    )
+    p.add_argument(
         "--compile",
         action="store_true",
         help="torch.compile the training forward (compiles on the first steps; needs a C++ "
@@ -349,7 +355,8 @@ def cmd_experiments_run(args: argparse.Namespace) -> int:
 
     if args.all == bool(args.names):
         raise GptclfError("give experiment names or --all (see `gptclf experiments list`)")
-    outcomes = run("all" if args.all else args.names, parse_seeds(args.seeds), args.results)
+    names = "all" if args.all else args.names
+    outcomes = run(names, parse_seeds(args.seeds), args.results, cache_dir=args.cache_dir)
     for o in outcomes:
         line = {"name": o.name, "seed": o.seed, "status": o.status, "path": str(o.path)}
         for key, value in (("test_accuracy", o.test_accuracy), ("reason", o.reason)):
@@ -471,6 +478,12 @@ def build_parser(recipe: str = "book") -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="every named experiment")
     p.add_argument("--seeds", default="123,124,125", help="comma-separated (default 123,124,125)")
     p.add_argument("--results", metavar="DIR", help="result cache (default experiments/results)")
+    p.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        help="frozen-prefix states shared by rows and seeds (default experiments/cache with the "
+        "default --results, else none)",
+    )
     p.set_defaults(func=cmd_experiments_run)
     p = exp_sub.add_parser("report", help="regenerate docs/RESULTS.md + charts from the results")
     p.add_argument("--results", metavar="DIR", help="result cache (default experiments/results)")

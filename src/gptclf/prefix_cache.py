@@ -10,18 +10,28 @@ Where that would be wrong, `cache_start` returns None and training runs uncached
 - dropout > 0 (frozen blocks would still be random);
 - `last` pooling with dynamic padding: pads are then ordinary tokens and their number depends on
   the batch, so an example's states depend on its batch-mates.
+
+With `store_dir`, the states are also kept on disk (safetensors, written atomically), under a key
+hashing everything they depend on: the frozen weights' bytes, the model config, the mask mode,
+the autocast, the batching and every token id. Seeds and rows that share a frozen prefix (the
+experiment runner's) then compute it once.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from torch.nn.utils.rnn import pad_sequence
 
 from gptclf.batching import Batch, batches, round_to_eighth
+from gptclf.checkpoint import atomic_write
 from gptclf.classifier import SequenceClassifier
 
 log = logging.getLogger(__name__)
@@ -48,8 +58,9 @@ def cache_start(model: SequenceClassifier, fixed_length: bool) -> int | None:
 class PrefixCache:
     """Hidden states entering block `start` for each example, stored at its (padded) length."""
 
-    def __init__(self, states: list[torch.Tensor], start: int):
+    def __init__(self, states: list[torch.Tensor], start: int, read_from: Path | None = None):
         self.states, self.start = states, start
+        self.read_from = read_from  # the store file it came from; None = computed by this run
 
     def gather(self, batch: Batch) -> torch.Tensor:
         """(B, T, d) states for a batch, zero-filled beyond each stored length (masked pads)."""
@@ -76,12 +87,15 @@ def build_caches(
     batch_size: int = 32,
     budget_bytes: int = DEFAULT_BUDGET_BYTES,
     autocast: Callable[[], AbstractContextManager] = nullcontext,
+    precision: str = "fp32",
+    store_dir: Path | None = None,
 ) -> dict[str, PrefixCache] | None:
     """States entering block `start` for every example of every split, or None over budget.
 
     Fixed-length padding keeps every position (pads included: `last` pooling may read them);
     dynamic padding keeps only the real tokens. Stored in float32 when all splits fit the budget,
-    else bfloat16, else not at all.
+    else bfloat16, else not at all. `precision` names what `autocast` does (it is part of the
+    store's key); with `store_dir`, states are read from there when present, else saved there.
     """
     d = model.backbone.config.d_model
     n_tokens = sum(length or len(seq) for ids in splits.values() for seq in ids)
@@ -92,6 +106,17 @@ def build_caches(
     if dtype is None:
         log.info("prefix cache would need %.1f GiB; running uncached", n_tokens * d * 2 / 1024**3)
         return None
+    path = None
+    if store_dir is not None:
+        key = store_key(
+            model, splits, start, pad_id=pad_id, length=length, batch_size=batch_size,
+            precision=precision, dtype=dtype,
+        )  # fmt: skip
+        path = Path(store_dir) / f"prefix-{key}.safetensors"
+        stored = load_store(path, splits, start)
+        if stored is not None:
+            log.info("prefix cache: read the inputs of block %d from %s", start, path)
+            return stored
     was_training = model.training
     model.eval()
     device = model.head.weight.device
@@ -112,6 +137,8 @@ def build_caches(
                 states[order[j]] = x[row, :keep].to("cpu", dtype).clone()
         caches[name] = PrefixCache(states, start)
     model.train(was_training)
+    if path is not None:
+        save_store(path, caches)
     log.info(
         "cached the inputs of block %d: %d tokens (%s, %.0f MiB)",
         start,
@@ -119,4 +146,61 @@ def build_caches(
         str(dtype).removeprefix("torch."),
         n_tokens * d * dtype.itemsize / 1024**2,
     )
+    return caches
+
+
+def store_key(
+    model: SequenceClassifier,
+    splits: dict[str, list[list[int]]],
+    start: int,
+    **settings: object,
+) -> str:
+    """A hash of everything the states entering block `start` depend on."""
+    h = hashlib.sha256()
+    h.update(repr((type(model.backbone).__name__, model.backbone.config)).encode())
+    # `last` pooling runs the backbone without a mask (classifier.backbone_mask).
+    h.update(repr((start, model.pool_mode == "last")).encode())
+    h.update(repr(sorted(settings.items())).encode())
+    h.update(torch.__version__.encode())
+    frozen = dict(model.backbone.named_parameters()) | dict(model.backbone.named_buffers())
+    for name, tensor in sorted(frozen.items()):
+        if name.startswith("ln_f.") or (name.startswith("h.") and int(name.split(".")[1]) >= start):
+            continue  # blocks from `start` on (and the final norm) do not feed the states
+        h.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    for name in sorted(splits):
+        h.update(name.encode())
+        for seq in splits[name]:
+            h.update(repr(seq).encode())
+    return h.hexdigest()[:32]
+
+
+def save_store(path: Path, caches: dict[str, PrefixCache]) -> None:
+    """One flat (tokens, d) tensor and the lengths per split, written atomically."""
+    tensors = {}
+    for name, cache in caches.items():
+        tensors[f"{name}.states"] = torch.cat(cache.states).contiguous()
+        tensors[f"{name}.lengths"] = torch.tensor([len(s) for s in cache.states])
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "1"}))
+    log.info("prefix cache: saved %s", path)
+
+
+def load_store(
+    path: Path, splits: dict[str, list[list[int]]], start: int
+) -> dict[str, PrefixCache] | None:
+    """The caches saved at `path`, or None when absent or unreadable (then they are rebuilt)."""
+    if not path.is_file():
+        return None
+    try:
+        tensors = load_file(str(path))
+        caches = {}
+        for name, ids in splits.items():
+            lengths = tensors[f"{name}.lengths"].tolist()
+            if len(lengths) != len(ids):
+                raise ValueError(f"{len(lengths)} stored examples for {len(ids)} in {name}")
+            states = list(tensors[f"{name}.states"].split(lengths))
+            caches[name] = PrefixCache(states, start, read_from=path)
+    except (SafetensorError, KeyError, ValueError, RuntimeError, OSError) as e:
+        log.warning("prefix cache %s is unreadable (%s); recomputing it", path, e)
+        return None
     return caches

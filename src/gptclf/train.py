@@ -75,6 +75,7 @@ class TrainConfig:
     precision: str = "fp32"  # bf16: autocast, fp32 master weights; auto: bf16 where native
     device: str = "auto"  # auto = cuda if available, else cpu
     cache: bool = True  # frozen-prefix caching where it is exact (see prefix_cache.py)
+    cache_dir: str | None = None  # keep prefix caches on disk, reused by runs with equal prefixes
     compile: bool = False  # torch.compile the training forward (dynamic shapes; Inductor)
     fsdp: bool = False  # under torchrun: shard parameters/gradients/optimizer state (FSDP)
     out: str | None = None
@@ -272,6 +273,8 @@ def _fit(cfg: TrainConfig, d: Dist, device: torch.device, started: float) -> dic
                 length=length,
                 batch_size=cfg.eval_batch_size,
                 autocast=lambda: autocast(device, cfg.precision),
+                precision=cfg.precision,
+                store_dir=Path(cfg.cache_dir) if cfg.cache_dir else None,
             )
             or {}
         )
@@ -399,6 +402,8 @@ def _fit(cfg: TrainConfig, d: Dist, device: torch.device, started: float) -> dic
         cache_seconds=cache_seconds,
         total_seconds=time.perf_counter() - started,
         cached_from_block=start if caches else None,
+        # "read": the states came from --cache-dir, so train_seconds leaves out computing them
+        prefix_cache=(None if not caches else "read" if caches["train"].read_from else "computed"),
         trainable_params=trainable,
         total_params=total,
         world_size=d.world_size,

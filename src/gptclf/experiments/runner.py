@@ -48,6 +48,11 @@ def default_results_dir() -> Path:
     return (repo_root() or Path.cwd()) / "experiments" / "results"
 
 
+def default_cache_dir() -> Path:
+    """`experiments/cache/`: the frozen-prefix caches rows and seeds share (git-ignored)."""
+    return default_results_dir().parent / "cache"
+
+
 def result_path(results_dir: Path, name: str, seed: int) -> Path:
     return Path(results_dir) / name / f"seed{seed}.json"
 
@@ -210,9 +215,11 @@ def versions(method: str = "fit") -> dict[str, str]:
     return out
 
 
-def run_one(exp: Experiment, seed: int) -> dict[str, Any]:
-    """Train (or fit the baseline of) one row with one seed; the record cached as JSON."""
-    cfg = exp.train_config(seed)
+def run_one(exp: Experiment, seed: int, cache_dir: Path | None = None) -> dict[str, Any]:
+    """Train (or fit the baseline of) one row with one seed; the record cached as JSON.
+
+    With `cache_dir`, rows and seeds with the same frozen prefix compute it once (prefix_cache)."""
+    cfg = exp.train_config(seed, cache_dir=str(cache_dir) if cache_dir else None)
     if exp.method == "tfidf":
         from gptclf.experiments.baseline import tfidf_logreg
 
@@ -234,6 +241,9 @@ def run_one(exp: Experiment, seed: int) -> dict[str, Any]:
         "best_epoch": metrics["best_epoch"],
         "train_seconds": metrics["train_seconds"],
         "total_seconds": metrics["total_seconds"],
+        # "read": another run computed the frozen-prefix states, so train_seconds leaves that out
+        "prefix_cache": metrics["prefix_cache"],
+        "cache_seconds": metrics["cache_seconds"],
         "trainable_params": metrics["trainable_params"],
         "total_params": metrics["total_params"],
         "hardware": hardware(),
@@ -249,16 +259,21 @@ def run(
     seeds: Iterable[int] = DEFAULT_SEEDS,
     results_dir: str | Path | None = None,
     experiments: dict[str, Experiment] | None = None,
+    cache_dir: str | Path | None = None,
 ) -> list[Outcome]:
     """Run every (row, seed) not cached yet; returns what happened to each, in order.
 
-    Unknown names fail before anything runs. `experiments` replaces the table (tests)."""
+    Unknown names fail before anything runs. `experiments` replaces the table (tests).
+    `cache_dir` keeps frozen-prefix states between runs: `experiments/cache/` when
+    `results_dir` is the default one, else none unless given."""
     experiments = EXPERIMENTS if experiments is None else experiments
     chosen = select(names if isinstance(names, str) else list(names), experiments)
     for exp in chosen:
         validate(exp)
     seeds = list(dict.fromkeys(seeds))
     results = Path(results_dir) if results_dir is not None else default_results_dir()
+    if cache_dir is None and results_dir is None:
+        cache_dir = default_cache_dir()
     outcomes = []
     for exp in chosen:
         reason = skip_reason(exp)
@@ -276,7 +291,7 @@ def run(
                 continue
             log.info("running %s seed %d", exp.name, seed)
             try:
-                record = run_one(exp, seed)
+                record = run_one(exp, seed, Path(cache_dir) if cache_dir else None)
             except Exception as exc:  # one broken row must not stop an overnight table
                 log.exception("%s seed %d failed", exp.name, seed)
                 outcomes.append(
