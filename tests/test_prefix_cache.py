@@ -141,6 +141,9 @@ def test_fit_with_cache_dir_reads_the_second_time(small_split, tmp_path):  # noq
     first = fit(tiny(small_split, epochs=1, cache_dir=str(tmp_path)))
     second = fit(tiny(small_split, epochs=1, cache_dir=str(tmp_path), lr=1e-4))
     assert (first["prefix_cache"], second["prefix_cache"]) == ("computed", "read")
+    # A run that reads the states reports what computing them took where they were computed.
+    assert second["cache_build_seconds"] == pytest.approx(first["cache_build_seconds"], abs=1e-3)
+    assert 0 < first["cache_build_seconds"] <= first["cache_seconds"]
     plain = fit(tiny(small_split, epochs=1, lr=1e-4))
     assert second["test"]["confusion_matrix"] == plain["test"]["confusion_matrix"]
     assert second["history"][0]["train_loss"] == pytest.approx(

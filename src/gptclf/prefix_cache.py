@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch.nn.utils.rnn import pad_sequence
 
@@ -58,9 +59,16 @@ def cache_start(model: SequenceClassifier, fixed_length: bool) -> int | None:
 class PrefixCache:
     """Hidden states entering block `start` for each example, stored at its (padded) length."""
 
-    def __init__(self, states: list[torch.Tensor], start: int, read_from: Path | None = None):
+    def __init__(
+        self,
+        states: list[torch.Tensor],
+        start: int,
+        read_from: Path | None = None,
+        build_seconds: float | None = None,
+    ):
         self.states, self.start = states, start
         self.read_from = read_from  # the store file it came from; None = computed by this run
+        self.build_seconds = build_seconds  # what computing every split took (where it was)
 
     def gather(self, batch: Batch) -> torch.Tensor:
         """(B, T, d) states for a batch, zero-filled beyond each stored length (masked pads)."""
@@ -117,6 +125,7 @@ def build_caches(
         if stored is not None:
             log.info("prefix cache: read the inputs of block %d from %s", start, path)
             return stored
+    began = time.perf_counter()
     was_training = model.training
     model.eval()
     device = model.head.weight.device
@@ -137,6 +146,9 @@ def build_caches(
                 states[order[j]] = x[row, :keep].to("cpu", dtype).clone()
         caches[name] = PrefixCache(states, start)
     model.train(was_training)
+    seconds = time.perf_counter() - began
+    for cache in caches.values():
+        cache.build_seconds = seconds
     if path is not None:
         save_store(path, caches)
     log.info(
@@ -181,7 +193,9 @@ def save_store(path: Path, caches: dict[str, PrefixCache]) -> None:
     for name, cache in caches.items():
         tensors[f"{name}.states"] = torch.cat(cache.states).contiguous()
         tensors[f"{name}.lengths"] = torch.tensor([len(s) for s in cache.states])
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "1"}))
+    seconds = next(iter(caches.values())).build_seconds
+    metadata = {"format": "1", "build_seconds": f"{seconds or 0.0:.3f}"}
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
     log.info("prefix cache: saved %s", path)
 
 
@@ -193,13 +207,15 @@ def load_store(
         return None
     try:
         tensors = load_file(str(path))
+        with safe_open(str(path), "pt") as f:
+            build_seconds = float((f.metadata() or {})["build_seconds"])
         caches = {}
         for name, ids in splits.items():
             lengths = tensors[f"{name}.lengths"].tolist()
             if len(lengths) != len(ids):
                 raise ValueError(f"{len(lengths)} stored examples for {len(ids)} in {name}")
             states = list(tensors[f"{name}.states"].split(lengths))
-            caches[name] = PrefixCache(states, start, read_from=path)
+            caches[name] = PrefixCache(states, start, read_from=path, build_seconds=build_seconds)
     except (SafetensorError, KeyError, ValueError, RuntimeError, OSError) as e:
         log.warning("prefix cache %s is unreadable (%s); recomputing it", path, e)
         return None

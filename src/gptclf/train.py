@@ -402,8 +402,10 @@ def _fit(cfg: TrainConfig, d: Dist, device: torch.device, started: float) -> dic
         cache_seconds=cache_seconds,
         total_seconds=time.perf_counter() - started,
         cached_from_block=start if caches else None,
-        # "read": the states came from --cache-dir, so train_seconds leaves out computing them
+        # "read": the states came from --cache-dir, so train_seconds leaves out computing them;
+        # cache_build_seconds is what computing them took in the run that did.
         prefix_cache=(None if not caches else "read" if caches["train"].read_from else "computed"),
+        cache_build_seconds=caches["train"].build_seconds if caches else None,
         trainable_params=trainable,
         total_params=total,
         world_size=d.world_size,

@@ -71,6 +71,7 @@ def tfidf_logreg(cfg: TrainConfig, c_grid: tuple[float, ...] = C_GRID) -> dict[s
         total_seconds=time.perf_counter() - started,
         cached_from_block=None,
         prefix_cache=None,
+        cache_build_seconds=None,
         trainable_params=n_params,
         total_params=n_params,
         world_size=1,

@@ -244,6 +244,7 @@ def run_one(exp: Experiment, seed: int, cache_dir: Path | None = None) -> dict[s
         # "read": another run computed the frozen-prefix states, so train_seconds leaves that out
         "prefix_cache": metrics["prefix_cache"],
         "cache_seconds": metrics["cache_seconds"],
+        "cache_build_seconds": metrics["cache_build_seconds"],
         "trainable_params": metrics["trainable_params"],
         "total_params": metrics["total_params"],
         "hardware": hardware(),
