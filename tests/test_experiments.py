@@ -382,6 +382,13 @@ def test_runner_shares_frozen_prefixes_through_cache_dir(ran, tmp_path):
     assert [r["prefix_cache"] for r in records] == ["computed", "read"]
     assert len(list(cache.glob("prefix-*.safetensors"))) == 1
     assert records[0]["test_accuracy"] == records[1]["test_accuracy"]
+    # The report counts the computation the reading run skipped, not the read.
+    read = records[1]
+    assert read["cache_build_seconds"] == pytest.approx(records[0]["cache_build_seconds"], abs=1e-3)
+    assert report.train_seconds(read) == pytest.approx(
+        read["train_seconds"] - read["cache_seconds"] + read["cache_build_seconds"]
+    )
+    assert report.train_seconds(records[0]) == records[0]["train_seconds"]
     # Without cache_dir, a results dir other than the default one gets no disk cache.
     runner.run(["tiny-last"], [1], tmp_path / "c", table)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "c", "cache"]

@@ -73,6 +73,8 @@ class Row:
         return len(self.records)
 
     def stat(self, key: str, scale: float = 1.0) -> tuple[float, float | None]:
+        if key == "train_seconds":
+            return mean_std([scale * train_seconds(r) for r in self.records])
         return mean_std([scale * r[key] for r in self.records])
 
     @property
@@ -96,6 +98,16 @@ class Row:
         """The hardware summary its runs share (None if they ran on several machines)."""
         found = {r["hardware"]["summary"] for r in self.records}
         return found.pop() if len(found) == 1 else None
+
+
+def train_seconds(record: dict[str, Any]) -> float:
+    """What training one seed takes from scratch. A run that read its frozen-prefix states from
+    the runner's cache (computed by another row or seed) did not compute them: the time that
+    computing them took is added back, so every row's train time counts the same work."""
+    seconds = record["train_seconds"]
+    if record.get("prefix_cache") == "read":
+        seconds += record["cache_build_seconds"] - record["cache_seconds"]
+    return seconds
 
 
 def setting(exp: Experiment, experiments: dict[str, Experiment]) -> str:
@@ -458,7 +470,10 @@ def write(
         f"row lists what differs from the reference row `{REFERENCE}` (`gptclf train --recipe "
         "smollm2`); row definitions: `src/gptclf/experiments/configs.py`. Charts: this "
         "question's rows in blue, reference rows in grey, the baseline in olive, the book as "
-        "black ticks; error bars are the standard deviation over seeds.",
+        "black ticks; error bars are the standard deviation over seeds. Train s is the wall "
+        "time of training one seed, frozen-prefix cache included: where a run read that cache "
+        "from another run of the same frozen layers and texts, the time its computation took "
+        "there is counted instead of the read.",
         "",
         *overview(results, experiments),
     ]
