@@ -1,6 +1,7 @@
 """The experiment runner, report and baseline on a tiny table (gpt2-tiny random, 1 epoch, 120/40/40
 rows of the book split), and the real table's configs checked without running them."""
 
+import dataclasses
 import json
 import shutil
 import statistics
@@ -153,9 +154,18 @@ def test_partial_stale_or_failed_results_do_not_count(ran, tmp_path, monkeypatch
     record["config"]["train_config"]["epochs"] = ran_with + 1  # ran otherwise than the row says
     path.write_text(json.dumps(record))
     assert runner.load_result(path, table["tiny-head"]) is None
-    del record["config"]["train_config"]["epochs"]  # and unknown: stale
+    del record["config"]["train_config"]["epochs"]  # unknown, so the default (5): stale
     path.write_text(json.dumps(record))
     assert runner.load_result(path, table["tiny-head"]) is None
+    # An option added after the run is absent from the recorded TrainConfig too: the run had
+    # its default, so a row naming the default still matches, and one naming another value not.
+    record = json.loads(whole)
+    del record["config"]["train_config"]["prompt"]
+    path.write_text(json.dumps(record))
+    head = table["tiny-head"]
+    for prompt, valid in ((None, True), ("Q: {text}", False)):
+        row = dataclasses.replace(head, overrides={**head.overrides, "prompt": prompt})
+        assert (runner.load_result(path, row) is not None) is valid
     del record["test_f1"]  # a record missing a key
     record["overrides"] = json.loads(whole)["overrides"]
     path.write_text(json.dumps(record))
@@ -392,3 +402,8 @@ def test_runner_shares_frozen_prefixes_through_cache_dir(ran, tmp_path):
     # Without cache_dir, a results dir other than the default one gets no disk cache.
     runner.run(["tiny-last"], [1], tmp_path / "c", table)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "c", "cache"]
+
+
+def test_a_prompt_setting_stays_in_one_table_cell():
+    shown = report.setting(EXPERIMENTS["smollm2-prompt"], EXPERIMENTS)
+    assert shown.startswith("prompt `Text message:") and "\n" not in shown and "\\n" in shown

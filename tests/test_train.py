@@ -214,3 +214,21 @@ def test_padded_lengths_are_few_and_close():
     assert batch.input_ids.shape == (2, 32)
     batch = collate([[1, 2], [3] * 17], [0, 1], [0, 1], 0, None, 1024, round_to_eighth)
     assert batch.input_ids.shape == (2, 18) and batch.attention_mask.sum() == 19
+
+
+def test_prompt_trains_saves_and_predicts_inside_the_template(small_split, tmp_path):
+    prompt = 'SMS: "{text}"\nSpam?'
+    metrics = fit(tiny(small_split, tmp_path, epochs=1, padding="longest", prompt=prompt))
+    clf = Classifier.load(tmp_path)
+    assert clf.prompt == prompt
+    (ids,) = clf._encode(["hi"])
+    assert clf.tokenizer.decode(ids) == 'SMS: "hi"\nSpam?'
+    # padding=longest truncates validation/test to the longest training text: prompts stay whole.
+    assert all(
+        clf.tokenizer.decode(seq).endswith('"\nSpam?')
+        for seq in clf._encode(load_dataset(small_split / "test.csv").texts)
+    )
+    again = clf.evaluate(load_dataset(small_split / "test.csv"))
+    assert again["confusion_matrix"] == metrics["test"]["confusion_matrix"]
+    with pytest.raises(GptclfError, match='must contain "{text}" exactly once'):
+        tiny(small_split, prompt="no slot")

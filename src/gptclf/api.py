@@ -114,6 +114,11 @@ class Classifier:
         return self.info.train_config.get("truncation", "head")
 
     @property
+    def prompt(self) -> str | None:
+        """The template each text was classified inside during training (None: the bare text)."""
+        return self.info.train_config.get("prompt")
+
+    @property
     def metrics(self) -> dict[str, Any] | None:
         """The run's metrics.json, if the directory has one."""
         path = self.directory / "metrics.json" if self.directory else None
@@ -128,7 +133,9 @@ class Classifier:
         for i, text in enumerate(texts):
             if not isinstance(text, str) or not text.strip():
                 raise GptclfError(f"text #{i + 1} is empty")
-        return batching.encode(self.tokenizer, texts, self.info.max_length, self.truncation)
+        return batching.encode(
+            self.tokenizer, texts, self.info.max_length, self.truncation, self.prompt
+        )
 
     def _pad_length(self) -> int | None:
         # Pad as in training: the stored length for longest/max_context, per batch for dynamic.

@@ -59,20 +59,57 @@ class Batch:
 
 
 def encode(
-    tokenizer: Tokenizer, texts: list[str], max_length: int, truncation: Truncation = "head"
+    tokenizer: Tokenizer,
+    texts: list[str],
+    max_length: int,
+    truncation: Truncation = "head",
+    prompt: str | None = None,
 ) -> list[list[int]]:
-    """Token ids per text, truncated to `max_length` by `truncate` (counted, with a warning)."""
-    return encode_with_lengths(tokenizer, texts, max_length, truncation)[0]
+    """Token ids per text, truncated to `max_length` by `truncate` (counted, with a warning).
+
+    With `prompt` (a template with one "{text}"), each text is encoded inside it, and
+    truncation cuts only the text's own tokens: the prompt is always kept whole."""
+    return encode_with_lengths(tokenizer, texts, max_length, truncation, prompt)[0]
 
 
 def encode_with_lengths(
-    tokenizer: Tokenizer, texts: list[str], max_length: int, truncation: Truncation = "head"
+    tokenizer: Tokenizer,
+    texts: list[str],
+    max_length: int,
+    truncation: Truncation = "head",
+    prompt: str | None = None,
 ) -> tuple[list[list[int]], list[int]]:
     """`encode`, and each text's token count before truncation."""
+    if prompt is not None:
+        return _encode_in_prompt(tokenizer, texts, max_length, truncation, prompt)
     ids = tokenizer.encode_batch(texts)
     for i, seq in enumerate(ids):
         if not seq:
             raise GptclfError(f"text #{i + 1} encodes to no tokens (empty text?)")
+    _warn_truncated(ids, max_length, truncation)
+    return [truncate(seq, max_length, truncation) for seq in ids], [len(seq) for seq in ids]
+
+
+def _encode_in_prompt(
+    tokenizer: Tokenizer, texts: list[str], max_length: int, truncation: Truncation, prompt: str
+) -> tuple[list[list[int]], list[int]]:
+    encoded = tokenizer.encode_in_prompt(texts, prompt)
+    out = []
+    for i, (seq, start, end) in enumerate(encoded):
+        if start == end:
+            raise GptclfError(f"text #{i + 1} encodes to no tokens (empty text?)")
+        budget = max_length - (len(seq) - (end - start))  # what the prompt leaves the text
+        if budget < 1:
+            raise GptclfError(
+                f"the prompt takes {len(seq) - (end - start)} of the {max_length} tokens a text "
+                "may have: shorten --prompt or raise --max-length"
+            )
+        out.append(seq[:start] + truncate(seq[start:end], budget, truncation) + seq[end:])
+    _warn_truncated([seq for seq, _, _ in encoded], max_length, truncation)
+    return out, [len(seq) for seq, _, _ in encoded]
+
+
+def _warn_truncated(ids: list[list[int]], max_length: int, truncation: Truncation) -> None:
     truncated = sum(len(seq) > max_length for seq in ids)
     if truncated:
         log.warning(
@@ -82,7 +119,6 @@ def encode_with_lengths(
             max_length,
             truncation,
         )
-    return [truncate(seq, max_length, truncation) for seq in ids], [len(seq) for seq in ids]
 
 
 def truncate(seq: list[int], max_length: int, truncation: Truncation = "head") -> list[int]:

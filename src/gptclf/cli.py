@@ -97,6 +97,13 @@ def add_train_args(p: argparse.ArgumentParser, recipe: str = "book") -> None:
         help="tokens kept per text (default: the model's context)",
     )
     p.add_argument(
+        "--prompt",
+        default=d.prompt,
+        type=lambda s: s.replace("\\n", "\n"),
+        help="classify each text inside this template, e.g. 'Message: \"{text}\"\\nIs it spam?' "
+        '(one "{text}"; \\n is a newline; truncation cuts the text, never the prompt)',
+    )
+    p.add_argument(
         "--truncation",
         default=d.truncation,
         choices=TRUNCATIONS,
@@ -342,9 +349,10 @@ def cmd_experiments_list(args: argparse.Namespace) -> int:
         f"runnable here: about {per_seed:.0f} min per seed; not cached yet for seeds "
         f"{','.join(map(str, seeds))}: about {to_run:.0f} min (estimated for a 2-core CPU)"
     )
-    if not torch.cuda.is_available() and not native_bf16("cpu"):
+    bf16_rows = [n for n, e in experiments.items() if e.overrides.get("precision") == "bf16"]
+    if bf16_rows and not torch.cuda.is_available() and not native_bf16("cpu"):
         print(
-            "note: this CPU has no native bf16; the rows with precision=bf16 (most of them) run "
+            f"note: this CPU has no native bf16; {', '.join(bf16_rows)} (precision=bf16) run "
             "several times slower here than estimated (python benchmarks/bf16_matmul.py)"
         )
     return 0

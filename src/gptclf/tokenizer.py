@@ -60,6 +60,23 @@ class Tokenizer:
         special = self.add_special_tokens
         return [e.ids for e in self.backend.encode_batch(texts, add_special_tokens=special)]
 
+    def encode_in_prompt(self, texts: list[str], prompt: str) -> list[tuple[list[int], int, int]]:
+        """Each text put in `prompt` (at its one "{text}") and encoded as a whole, with the
+        [start, end) range of the tokens that come from the text (character offsets tell):
+        truncation then cuts the text and keeps the prompt's words and special tokens."""
+        before, after = split_prompt(prompt)
+        special = self.add_special_tokens
+        encodings = self.backend.encode_batch(
+            [before + text + after for text in texts], add_special_tokens=special
+        )
+        out = []
+        for text, enc in zip(texts, encodings, strict=True):
+            a, b = len(before), len(before) + len(text)
+            inside = [i for i, (s, e) in enumerate(enc.offsets) if e > s and e > a and s < b]
+            start, end = (inside[0], inside[-1] + 1) if inside else (0, 0)
+            out.append((enc.ids, start, end))
+        return out
+
     def decode(self, ids: list[int]) -> str:
         return self.backend.decode(ids, skip_special_tokens=False)
 
@@ -139,3 +156,14 @@ def installed_gpt2_bpe_files() -> tuple[Path, Path] | None:
         if actual != expected:
             raise GptclfError(f"{path}: sha256 {actual} is not GPT-2's ({expected})")
     return encoder, vocab_bpe
+
+
+PROMPT_SLOT = "{text}"
+
+
+def split_prompt(prompt: str) -> tuple[str, str]:
+    """A prompt template's text before and after its one "{text}" slot."""
+    if prompt.count(PROMPT_SLOT) != 1:
+        raise GptclfError(f'--prompt must contain "{PROMPT_SLOT}" exactly once, got {prompt!r}')
+    before, after = prompt.split(PROMPT_SLOT)
+    return before, after

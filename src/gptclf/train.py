@@ -32,6 +32,7 @@ from gptclf.lm import load_lm
 from gptclf.lora import apply_lora
 from gptclf.metrics import logit_metrics, misclassified
 from gptclf.prefix_cache import PrefixCache, build_caches, cache_start
+from gptclf.tokenizer import split_prompt
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ class TrainConfig:
     dropout: float = 0.0
     max_length: int | None = None  # tokens kept per text; None = the model's context
     truncation: str = "head"  # which tokens a longer text keeps: head | tail | head+tail
+    prompt: str | None = None  # a template with one "{text}": each text is classified inside it
     epochs: int = 5
     select: str = "best"  # the epoch kept: best (validation accuracy) | last (as the book reports)
     batch_size: int = 8
@@ -121,6 +123,8 @@ def check_data_options(cfg: TrainConfig) -> None:
         if value not in known:
             raise GptclfError(f"--{flag} must be one of {', '.join(known)}, got {value!r}")
     parse_class_weights(cfg.class_weights)
+    if cfg.prompt is not None:
+        split_prompt(cfg.prompt)  # exactly one "{text}"
     if isinstance(cfg.text_columns, str):  # a single column given as a string
         cfg.text_columns = [cfg.text_columns]
 
@@ -196,18 +200,23 @@ def _fit(cfg: TrainConfig, d: Dist, device: torch.device, started: float) -> dic
         )
     context = lm.config.context_length
     max_length = min(cfg.max_length or context, context)
-    encoded = {
-        name: batching.encode_with_lengths(lm.tokenizer, split.texts, max_length, cfg.truncation)
-        for name, split in data.items()
-    }
+
+    def encode(max_length: int) -> dict[str, tuple[list[list[int]], list[int]]]:
+        return {
+            name: batching.encode_with_lengths(
+                lm.tokenizer, split.texts, max_length, cfg.truncation, cfg.prompt
+            )
+            for name, split in data.items()
+        }
+
+    encoded = encode(max_length)
     ids = {name: seqs for name, (seqs, _) in encoded.items()}
     length = batching.pad_length(cfg.padding, ids["train"], context)
-    if length is not None:  # the book truncates validation/test to the training length
+    if length is not None and length < max_length:
+        # The book truncates validation/test to the training length: encoded again, so that a
+        # prompt stays whole and only the texts are cut.
         max_length = length
-        ids = {
-            name: [batching.truncate(seq, length, cfg.truncation) for seq in seqs]
-            for name, seqs in ids.items()
-        }
+        ids = {name: seqs for name, (seqs, _) in encode(length).items()}
     truncated = {
         name: sum(n > len(seq) for n, seq in zip(encoded[name][1], ids[name], strict=True))
         for name in ids

@@ -106,6 +106,13 @@ QUESTIONS: dict[str, Question] = {
         "cross-entropy against the 9:1 imbalance.",
         references=("smollm2", "minilm-mean"),
     ),
+    "prompt": Question(
+        "Does an instruction around the text help?",
+        "Each text is read inside a fixed prompt that asks whether it is spam, so the pooled "
+        "last token is the prompt's, the same in every text, and the frozen blocks compute it "
+        "as an answer to the question (PromptEOL-style). Truncation never cuts the prompt.",
+        references=("smollm2",),
+    ),
 }
 SPLIT_SEED = 123  # the book's split for every row and seed: seeds measure training noise only
 BASELINE_QUESTION = "baseline"  # the TF-IDF row: shown beside every question's rows
@@ -114,7 +121,7 @@ BASELINE_QUESTION = "baseline"  # the TF-IDF row: shown beside every question's 
 FACTORS = (
     "model", "weights", "split", "class_weights", "trainable", "pool", "padding", "causal",
     "lora_rank", "lora_alpha", "lora_targets", "lora_scaling", "lora_blocks", "batch_size",
-    "grad_accum", "bucket", "lr", "epochs", "precision",
+    "grad_accum", "bucket", "lr", "epochs", "precision", "prompt",
 )  # fmt: skip
 _DEFAULTS = TrainConfig()
 BOOK: dict[str, Any] = {f: getattr(_DEFAULTS, f) for f in FACTORS}
@@ -122,6 +129,7 @@ BOOK: dict[str, Any] = {f: getattr(_DEFAULTS, f) for f in FACTORS}
 # means the same run on every machine: bf16 is 7x slower than fp32 on a CPU without native
 # bf16 (benchmarks/bf16_matmul.py) and gave the same accuracy (the smollm2-bf16 row).
 SMOLLM2: dict[str, Any] = {**BOOK, **RECIPES["smollm2"], "precision": "fp32"}
+SPAM_PROMPT = 'Text message: "{text}"\nIs this text message spam? Answer:'
 REFERENCE = "smollm2"  # the row every "setting" column is described against
 
 
@@ -318,6 +326,13 @@ EXPERIMENTS_LIST: list[Experiment] = [
         "tfidf-logreg-full-train", "train_data", "TF-IDF + logistic regression, every other "
         "message trains", {"split": "book_full", "class_weights": "auto"}, method="tfidf",
         cpu_minutes=0.1, note="the baseline on the same training data, class-weighted",
+    ),
+    # 10. A prompt around the text
+    Experiment(
+        "smollm2-prompt", "prompt", "SmolLM2 recipe, text inside a spam question",
+        _smollm2(prompt=SPAM_PROMPT), cpu_minutes=5,
+        note="chosen before any run, not tuned: the validation split (99-100%) cannot rank "
+        "prompts",
     ),
     # Baseline: beside every question
     Experiment(

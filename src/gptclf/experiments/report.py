@@ -126,6 +126,9 @@ def setting(exp: Experiment, experiments: dict[str, Experiment]) -> str:
             continue
         if key == "causal":
             parts.append("causal mask" if value else "no causal mask")
+        elif key == "prompt":  # one table cell: newlines and pipes escaped
+            shown = str(value).replace("\n", "\\n").replace("|", "\\|")
+            parts.append(f"prompt `{shown}`")
         else:
             parts.append(f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}")
     return ", ".join(parts)

@@ -10,6 +10,7 @@ where there is none, is skipped with the reason; a run that fails is logged and 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import logging
@@ -24,8 +25,10 @@ from gptclf import train
 from gptclf.checkpoint import write_json
 from gptclf.errors import GptclfError
 from gptclf.experiments.configs import EXPERIMENTS, SPLIT_SEED, Experiment, select, validate
+from gptclf.train import TrainConfig
 
 log = logging.getLogger(__name__)
+_TRAIN_FIELDS = {f.name for f in dataclasses.fields(train.TrainConfig)}
 
 DEFAULT_SEEDS = (123, 124, 125)
 FORMAT = 1  # of the result files
@@ -122,6 +125,8 @@ def _settings_of(record: dict[str, Any], exp: Experiment) -> Any:
     for factor in exp.overrides.keys() - stored.keys():
         if factor in ran:
             stored[factor] = ran[factor]
+        elif ran and factor in _TRAIN_FIELDS:  # an option added after the run: its default
+            stored[factor] = _normalized({factor: getattr(TrainConfig(), factor)})[factor]
     return stored
 
 
