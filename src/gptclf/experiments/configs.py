@@ -9,24 +9,25 @@ says otherwise): a point of comparison, not a target.
 
 References:
 - `SMOLLM2` = `RECIPES["smollm2"]` (the main job: SmolLM2-135M, last two blocks, last real
-  token, dynamic padding in random batches, bf16, lr 2e-4, 5 epochs); most rows vary one factor
+  token, dynamic padding in random batches, fp32, lr 2e-4, 5 epochs); most rows vary one factor
   of it.
 - `BOOK` = the `TrainConfig` defaults (the book's chapter 6: GPT-2 small, last token, longest
   padding, fp32, lr 5e-5); the pretrained GPT-2 rows use it, so they are the book's rows exactly.
 
-Epochs, and what the table costs on the 2-core CPU it was planned on (`cpu_minutes`, per seed:
-the measured train time plus model loading for rows that ran there; otherwise estimated from
-`benchmarks/results/tune_smollm2.jsonl`, roughly 40 s per trainable SmolLM2 block and epoch):
+Epochs, and what the table costs on a 2-core CPU (`cpu_minutes`, per seed, fp32: the measured
+time on an AVX2 AMD EPYC for rows that ran there, frozen-prefix cache included; otherwise
+estimated from `benchmarks/results/tune_smollm2.jsonl` (bf16 on a bf16-native CPU) times ~2.4,
+what fp32 costs against native bf16):
 - Rows whose trainable part sits on top of frozen blocks (head, last block, last two blocks, LoRA
   in the last blocks, any pooling, padding or mask) are cheap: the prefix cache runs the frozen blocks once per example,
   and each epoch only runs the trainable top. They keep the book's 5 epochs.
 - `trainable=all` and LoRA on a 135M model cannot be cached (something trainable sits in block 0),
-  so every step runs all 30 blocks forward and backward: about 25 minutes per epoch. They get 2
+  so every step runs all 30 blocks forward and backward: about an hour per epoch in fp32. They get 2
   epochs (the tuning log's larger trainable sets peaked at epoch 1-2), and all-layer finetuning of
   pretrained weights uses the book's lr 5e-5 (2e-4 was tuned for one block).
 - Random-init rows train every layer from scratch, 2 epochs each, at the recipe's lr 2e-4.
 - `gpu_only` rows would take many hours (or days) on that CPU; the runner skips them without CUDA.
-Everything runnable offline adds up to about 2.5 hours per seed, mostly the three uncached rows
+Everything runnable offline adds up to about 7 hours per seed, mostly the three uncached rows
 (`gptclf experiments list` sums the estimates). Pretrained GPT-2 rows run only where their
 weights are cached.
 """
@@ -145,7 +146,9 @@ class Experiment:
     book_row: str | None = None  # which row of the book's table that is
     method: Literal["fit", "tfidf"] = "fit"  # gptclf.train.fit, or the TF-IDF baseline
     gpu_only: str | None = None  # why a CPU cannot run it in reasonable time (skipped without CUDA)
-    cpu_minutes: float | None = None  # estimated per seed on a 2-core CPU (None: not on a CPU)
+    # Per seed from scratch on a 2-core CPU, fp32, frozen-prefix cache included (measured on an
+    # AVX2 AMD EPYC where the row ran there; later seeds that read the shared cache take less).
+    cpu_minutes: float | None = None  # None: not on a CPU
     note: str = ""  # one line: why a factor differs from the reference, etc.
 
     def train_config(self, seed: int = 123, **extra: Any) -> TrainConfig:
@@ -174,64 +177,64 @@ EXPERIMENTS_LIST: list[Experiment] = [
     # 1. Which layers train
     Experiment(
         "smollm2-head", "trainable", "head only", _smollm2(trainable="head"),
-        book="72.00", book_row="last layer (output head) only", cpu_minutes=1.5,
+        book="72.00", book_row="last layer (output head) only", cpu_minutes=4,
     ),
     Experiment(
         "smollm2-last-block", "trainable", "last block", _smollm2(trainable="last_block"),
-        book="98.33", book_row="last block, last non-padding token", cpu_minutes=1.5,
+        book="98.33", book_row="last block, last non-padding token", cpu_minutes=3,
     ),
     Experiment(
         "smollm2", "trainable", "last two blocks (the smollm2 recipe)", _smollm2(),
-        book="98.33", book_row="last two blocks", cpu_minutes=2,
+        book="98.33", book_row="last two blocks", cpu_minutes=5,
     ),
     Experiment(
         "smollm2-all", "trainable", "all layers", _smollm2(trainable="all", lr=_ALL_LR, epochs=2),
-        book="96.67", book_row="all layers", cpu_minutes=50,
-        note="2 epochs (uncached, ~25 min each on 2 cores); lr 5e-5 for all-layer finetuning",
+        book="96.67", book_row="all layers", cpu_minutes=120,
+        note="2 epochs (uncached, ~1 h each on 2 cores in fp32); lr 5e-5 for all-layer finetuning",
     ),
     # 2. Which token feeds the head
     Experiment(
         "smollm2-pool-last", "pool", "last position (pads included)",
         _smollm2(pool="last", padding="longest"),
-        book="95.00", book_row="last token, last block", cpu_minutes=4.5,
+        book="95.00", book_row="last token, last block", cpu_minutes=12,
         note="padding=longest as in the book: with `last`, dynamic padding would make a text's "
         "features depend on its batch-mates (and turn the prefix cache off)",
     ),
     Experiment(
         "smollm2-pool-first", "pool", "first token", _smollm2(pool="first"),
-        book="75.00", book_row="first token, last block", cpu_minutes=2,
+        book="75.00", book_row="first token, last block", cpu_minutes=5,
     ),
     Experiment(
         "smollm2-pool-mean", "pool", "mean over real tokens", _smollm2(pool="mean"),
-        book="96.33", book_row="mean over all tokens", cpu_minutes=2,
+        book="96.33", book_row="mean over all tokens", cpu_minutes=5,
     ),
     # 3. BERT vs GPT
     Experiment(
         "minilm-cls", "bert_vs_gpt", "MiniLM-L6, [CLS], last block",
-        _smollm2(model="minilm-l6", pool="cls"), cpu_minutes=0.5,
+        _smollm2(model="minilm-l6", pool="cls"), cpu_minutes=1.5,
     ),
     Experiment(
         "minilm-mean", "bert_vs_gpt", "MiniLM-L6, mean, last block",
-        _smollm2(model="minilm-l6", pool="mean"), cpu_minutes=0.5,
+        _smollm2(model="minilm-l6", pool="mean"), cpu_minutes=2,
     ),
     Experiment(
         "minilm-all", "bert_vs_gpt", "MiniLM-L6, [CLS], all layers",
-        _smollm2(model="minilm-l6", pool="cls", trainable="all", lr=_ALL_LR), cpu_minutes=1.5,
+        _smollm2(model="minilm-l6", pool="cls", trainable="all", lr=_ALL_LR), cpu_minutes=4,
         note="5 epochs: 22.7M parameters are cheap enough; lr 5e-5 as for smollm2-all",
     ),
     Experiment(
         "minilm-all-mean", "bert_vs_gpt", "MiniLM-L6, mean, all layers",
-        _smollm2(model="minilm-l6", pool="mean", trainable="all", lr=_ALL_LR), cpu_minutes=2,
+        _smollm2(model="minilm-l6", pool="mean", trainable="all", lr=_ALL_LR), cpu_minutes=5,
         note="the pooling all-MiniLM-L6-v2 was trained with (sentence-transformers' mean)",
     ),
     # 4. The causal mask
     Experiment(
         "smollm2-no-causal-mask", "causal_mask", "no causal mask", _smollm2(causal=False),
-        book="95.33", book_row="no causal mask (last token)", cpu_minutes=1.5,
+        book="95.33", book_row="no causal mask (last token)", cpu_minutes=5,
     ),
     Experiment(
         "smollm2-no-causal-mask-first", "causal_mask", "no causal mask, first token",
-        _smollm2(causal=False, pool="first"), cpu_minutes=1.5,
+        _smollm2(causal=False, pool="first"), cpu_minutes=5,
         note="without the mask the first token sees the whole text: is the mask what sinks "
         "first-token pooling?",
     ),
@@ -261,8 +264,8 @@ EXPERIMENTS_LIST: list[Experiment] = [
     Experiment(
         "gpt2-small-random", "model_size", "GPT-2 small shape, random init",
         _smollm2(model="gpt2-small", **_RANDOM),
-        book="93.67", book_row="gpt2-small, random weights, all layers", cpu_minutes=35,
-        note="2 epochs (every layer trains, ~16 min per epoch on 2 cores); the book trained 5",
+        book="93.67", book_row="gpt2-small, random weights, all layers", cpu_minutes=85,
+        note="2 epochs (every layer trains, ~40 min per epoch on 2 cores in fp32); the book trained 5",
     ),
     Experiment(
         "gpt2-medium-random", "model_size", "GPT-2 medium shape, random init",
@@ -272,20 +275,20 @@ EXPERIMENTS_LIST: list[Experiment] = [
     # 6. LoRA
     Experiment(
         "smollm2-lora", "lora", "LoRA r=8, α=16, all linears", _smollm2(trainable="lora", epochs=2),
-        book="96.67", book_row="LoRA (r=16, α=16, scaled by α)", cpu_minutes=35,
+        book="96.67", book_row="LoRA (r=16, α=16, scaled by α)", cpu_minutes=85,
         note="2 epochs: adapters in block 0 leave nothing to cache (backward runs through all "
         "30 blocks)",
     ),
     Experiment(
         "smollm2-lora-last-two", "lora", "LoRA r=8, α=16, last two blocks",
-        _smollm2(trainable="lora", lora_blocks=2), cpu_minutes=2,
+        _smollm2(trainable="lora", lora_blocks=2), cpu_minutes=5,
         note="the recipe's two blocks, as adapters: the 28 frozen blocks below are cached",
     ),
     # 7. Padding
     Experiment(
         "smollm2-pad-longest", "padding", "pad to the longest training text",
         _smollm2(padding="longest"),
-        book="98.33", book_row="longest training text, last non-padding token", cpu_minutes=3.5,
+        book="98.33", book_row="longest training text, last non-padding token", cpu_minutes=12,
     ),
     Experiment(
         "smollm2-pad-max-context", "padding", "pad to the context (8,192 tokens)",
@@ -296,14 +299,14 @@ EXPERIMENTS_LIST: list[Experiment] = [
     ),
     Experiment(
         "smollm2-bucket", "padding", "dynamic padding, length-bucketed batches",
-        _smollm2(bucket=True), cpu_minutes=1.5,
+        _smollm2(bucket=True), cpu_minutes=4,
         note="bucketed batches are nearly one class here (spam texts are long); the recipe's "
         "default until this row was measured",
     ),
     Experiment(
         "smollm2-pad-none", "padding", "no padding (batch 1, grad. accumulation 8)",
         _smollm2(batch_size=1, grad_accum=8),
-        book="98.00–98.33", book_row="no padding (batch size 1)", cpu_minutes=2.5,
+        book="98.00–98.33", book_row="no padding (batch size 1)", cpu_minutes=6,
     ),
     # 8. Precision
     Experiment(
@@ -314,13 +317,13 @@ EXPERIMENTS_LIST: list[Experiment] = [
     # 9. More training data: the rows the book's undersampling leaves out
     Experiment(
         "smollm2-full-train", "train_data", "SmolLM2 recipe, every other message trains",
-        _smollm2(split="book_full", class_weights="auto"), cpu_minutes=16,
+        _smollm2(split="book_full", class_weights="auto"), cpu_minutes=17,
         note="5,077 training texts instead of 1,045 (4,032 more ham); class weights n/(2·count)",
     ),
     Experiment(
         "minilm-mean-full-train", "train_data", "MiniLM-L6, mean, every other message trains",
         _smollm2(model="minilm-l6", pool="mean", split="book_full", class_weights="auto"),
-        cpu_minutes=7,
+        cpu_minutes=7.5,
     ),
     Experiment(
         "tfidf-logreg-full-train", "train_data", "TF-IDF + logistic regression, every other "
@@ -330,7 +333,7 @@ EXPERIMENTS_LIST: list[Experiment] = [
     # 10. A prompt around the text
     Experiment(
         "smollm2-prompt", "prompt", "SmolLM2 recipe, text inside a spam question",
-        _smollm2(prompt=SPAM_PROMPT), cpu_minutes=5,
+        _smollm2(prompt=SPAM_PROMPT), cpu_minutes=6,
         note="chosen before any run, not tuned: the validation split (99-100%) cannot rank "
         "prompts",
     ),
