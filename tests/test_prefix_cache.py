@@ -149,3 +149,11 @@ def test_fit_with_cache_dir_reads_the_second_time(small_split, tmp_path):  # noq
     assert second["history"][0]["train_loss"] == pytest.approx(
         plain["history"][0]["train_loss"], rel=1e-6
     )
+
+
+def test_unwritable_store_dir_warns_and_trains_on(tmp_path, caplog):
+    model, splits = model_with("last_block", pool="mean"), _splits()
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    caches = build_caches(model, splits, 2, pad_id=0, length=None, store_dir=not_a_dir)
+    assert caches["train"].read_from is None and "could not save" in caplog.text

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch.nn.utils.rnn import pad_sequence
 
 from gptclf.batching import Batch, batches, round_to_eighth
@@ -195,7 +195,11 @@ def save_store(path: Path, caches: dict[str, PrefixCache]) -> None:
         tensors[f"{name}.lengths"] = torch.tensor([len(s) for s in cache.states])
     seconds = next(iter(caches.values())).build_seconds
     metadata = {"format": "1", "build_seconds": f"{seconds or 0.0:.3f}"}
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    try:
+        atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    except OSError as e:  # an optimisation only: training goes on with the states in memory
+        log.warning("prefix cache: could not save %s (%s); training goes on", path, e)
+        return
     log.info("prefix cache: saved %s", path)
 
 
@@ -206,16 +210,17 @@ def load_store(
     if not path.is_file():
         return None
     try:
-        tensors = load_file(str(path))
-        with safe_open(str(path), "pt") as f:
-            build_seconds = float((f.metadata() or {})["build_seconds"])
         caches = {}
-        for name, ids in splits.items():
-            lengths = tensors[f"{name}.lengths"].tolist()
-            if len(lengths) != len(ids):
-                raise ValueError(f"{len(lengths)} stored examples for {len(ids)} in {name}")
-            states = list(tensors[f"{name}.states"].split(lengths))
-            caches[name] = PrefixCache(states, start, read_from=path, build_seconds=build_seconds)
+        with safe_open(str(path), "pt") as f:  # one read: the metadata and the tensors
+            build_seconds = float((f.metadata() or {})["build_seconds"])
+            for name, ids in splits.items():
+                lengths = f.get_tensor(f"{name}.lengths").tolist()
+                if len(lengths) != len(ids):
+                    raise ValueError(f"{len(lengths)} stored examples for {len(ids)} in {name}")
+                states = list(f.get_tensor(f"{name}.states").split(lengths))
+                caches[name] = PrefixCache(
+                    states, start, read_from=path, build_seconds=build_seconds
+                )
     except (SafetensorError, KeyError, ValueError, RuntimeError, OSError) as e:
         log.warning("prefix cache %s is unreadable (%s); recomputing it", path, e)
         return None
