@@ -363,6 +363,35 @@ def test_hard_texts_lists_what_most_leading_runs_miss(ran, small_split):
     assert report.hard_texts([report.Row(table["tiny-last"], [])]) == []
 
 
+def test_sign_test_pairs_the_rows_text_by_text(ran):
+    results, table, _, _ = ran
+    rows = [
+        report.Row(table[n], [json.loads(json.dumps(rec)) for rec in json_records(results, n)])
+        for n in ("tiny-last", "tiny-head")
+    ]
+    assert len(rows[0].records) == len(rows[1].records) == 2
+    # text 0: one row always wrong; texts 1-5: the other row wrong in one of its two seeds
+    for rec in rows[0].records:
+        rec["metrics"]["test"]["misclassified"] = [0]
+    rows[1].records[0]["metrics"]["test"]["misclassified"] = [1, 2, 3]
+    rows[1].records[1]["metrics"]["test"]["misclassified"] = [4, 5]
+    assert report.right_share(rows[1])[:7].tolist() == [1, 0.5, 0.5, 0.5, 0.5, 0.5, 1]
+    wins, losses, p = report.sign_test(rows[0], rows[1])
+    assert (wins, losses) == (5, 1)
+    assert p == pytest.approx(2 * (1 + 6) / 2**6)  # two-sided binomial tail, n=6, k<=1
+    assert report.sign_test(rows[1], rows[0])[:2] == (1, 5)
+    assert report.sign_test(rows[0], rows[0]) == (0, 0, 1.0)
+    sentence = " ".join(report.answer(rows, None))
+    assert "exact sign test gives p = 0.22, not significant at the 5% level" in sentence
+    # a run without its mistakes listed, or tested on other texts: no test
+    other = json.loads(json.dumps(rows[1].records[0]))
+    other["config"]["train_config"]["split_seed"] = 999
+    assert report.sign_test(rows[0], report.Row(rows[1].exp, [other])) is None
+    del rows[1].records[1]["metrics"]["test"]["misclassified"]
+    assert report.right_share(rows[1]) is None and report.sign_test(rows[0], rows[1]) is None
+    assert "sign test" not in " ".join(report.answer(rows, None))
+
+
 def test_train_times_compare_only_within_a_machine(ran):
     results, table, _, _ = ran
     rows = [

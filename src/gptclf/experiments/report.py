@@ -9,6 +9,7 @@ say "not run yet". Nothing here is typed in: edit the runs, not the document.
 from __future__ import annotations
 
 import logging
+import math
 import statistics
 import textwrap
 from collections import Counter
@@ -179,7 +180,8 @@ def table(
 
 def answer(rows: list[Row], baseline: Row | None) -> list[str]:
     """Plain sentences from the numbers: which row is best and by how much, whether the gap
-    exceeds the seed-to-seed spread, what it costs; then the book and the baseline beside it."""
+    exceeds the seed-to-seed spread and holds text by text (`sign_test`), what it costs; then
+    the book and the baseline beside it."""
     ran = sorted((r for r in rows if r.n), key=lambda r: -r.acc)
     if len(ran) < 2:
         return [f"Not enough rows have results yet to answer this ({len(ran)} of {len(rows)} run)."]
@@ -201,12 +203,21 @@ def answer(rows: list[Row], baseline: Row | None) -> list[str]:
     elif gap > max(stds):
         out.append(
             f"That gap is larger than either row's standard deviation over seeds (at most "
-            f"{max(stds):.2f} points), so the order is not a seed accident."
+            f"{max(stds):.2f} points)."
         )
     else:
         out.append(
             f"That gap is within the standard deviation over seeds (up to {max(stds):.2f} "
             f"points): with {min(best.n, second.n)} seeds the two are not distinguishable."
+        )
+    tested = sign_test(best, second)
+    if tested is not None:
+        wins, losses, p = tested
+        verdict = "significant" if p < SIGNIFICANCE else "not significant"
+        out.append(
+            f"Text by text, it is right in more of its seeds than {second.exp.label} on {wins} "
+            f"test texts and in fewer on {losses}: an exact sign test gives p = {p:.2g}, "
+            f"{verdict} at the {SIGNIFICANCE:.0%} level."
         )
     # Train times compare only between rows that ran on the same machine.
     timed = [r for r in ran if best.machine is not None and r.machine == best.machine]
@@ -253,6 +264,46 @@ def answer(rows: list[Row], baseline: Row | None) -> list[str]:
             f"{'below' if d > 0 else 'above'} the best row here."
         )
     return [s[0].upper() + s[1:] for s in out + beside]
+
+
+SIGNIFICANCE = 0.05
+
+
+def right_share(row: Row) -> np.ndarray | None:
+    """Per test text, the share of the row's runs that got it right; None unless every run
+    lists its test mistakes (`misclassified`) on the same test texts."""
+    records = row.records
+    if not records or any("misclassified" not in r["metrics"]["test"] for r in records):
+        return None
+    splits = {_test_split(r["config"]["train_config"]) for r in records}
+    sizes = {r["metrics"]["test"]["n"] for r in records}
+    if len(splits) > 1 or len(sizes) > 1:
+        return None
+    right = np.ones((len(records), sizes.pop()))
+    for run, rec in zip(right, records, strict=True):
+        run[rec["metrics"]["test"]["misclassified"]] = 0.0
+    return right.mean(axis=0)
+
+
+def sign_test(a: Row, b: Row) -> tuple[int, int, float] | None:
+    """Paired sign test of two rows on the same test texts: the texts where `a`'s runs are
+    right more often than `b`'s, the texts where less often, and the exact two-sided p-value
+    of that split under "neither row is better" (binomial, 1/2). The text is the unit, so the
+    test asks whether the gap would hold on other texts, not only on other seeds; with one run
+    per row it is McNemar's exact test. None where either row lacks per-text mistakes or the
+    two tested on different texts."""
+    shares = right_share(a), right_share(b)
+    if shares[0] is None or shares[1] is None or len(shares[0]) != len(shares[1]):
+        return None
+    if _test_split(a.records[0]["config"]["train_config"]) != _test_split(
+        b.records[0]["config"]["train_config"]
+    ):
+        return None
+    wins = int(np.sum(shares[0] > shares[1]))
+    losses = int(np.sum(shares[0] < shares[1]))
+    n, k = wins + losses, min(wins, losses)
+    p = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n) if n else 1.0
+    return wins, losses, p
 
 
 def chart(title: str, rows: list[Row], path: Path) -> Path | None:
