@@ -288,7 +288,7 @@ EXPERIMENTS_LIST: list[Experiment] = [
     Experiment(
         "smollm2-pad-longest", "padding", "pad to the longest training text",
         _smollm2(padding="longest"),
-        book="98.33", book_row="longest training text, last non-padding token", cpu_minutes=12,
+        book="98.33", book_row="longest training text, last non-padding token", cpu_minutes=7,
     ),
     Experiment(
         "smollm2-pad-max-context", "padding", "pad to the context (8,192 tokens)",
