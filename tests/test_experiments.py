@@ -2,6 +2,7 @@
 rows of the book split), and the real table's configs checked without running them."""
 
 import dataclasses
+import itertools
 import json
 import shutil
 import statistics
@@ -363,33 +364,52 @@ def test_hard_texts_lists_what_most_leading_runs_miss(ran, small_split):
     assert report.hard_texts([report.Row(table["tiny-last"], [])]) == []
 
 
-def test_sign_test_pairs_the_rows_text_by_text(ran):
-    results, table, _, _ = ran
-    rows = [
-        report.Row(table[n], [json.loads(json.dumps(rec)) for rec in json_records(results, n)])
-        for n in ("tiny-last", "tiny-head")
-    ]
-    assert len(rows[0].records) == len(rows[1].records) == 2
-    # text 0: one row always wrong; texts 1-5: the other row wrong in one of its two seeds
-    for rec in rows[0].records:
-        rec["metrics"]["test"]["misclassified"] = [0]
-    rows[1].records[0]["metrics"]["test"]["misclassified"] = [1, 2, 3]
-    rows[1].records[1]["metrics"]["test"]["misclassified"] = [4, 5]
-    assert report.right_share(rows[1])[:7].tolist() == [1, 0.5, 0.5, 0.5, 0.5, 0.5, 1]
-    wins, losses, p = report.sign_test(rows[0], rows[1])
-    assert (wins, losses) == (5, 1)
-    assert p == pytest.approx(2 * (1 + 6) / 2**6)  # two-sided binomial tail, n=6, k<=1
-    assert report.sign_test(rows[1], rows[0])[:2] == (1, 5)
-    assert report.sign_test(rows[0], rows[0]) == (0, 0, 1.0)
-    sentence = " ".join(report.answer(rows, None))
-    assert "exact sign test gives p = 0.22, not significant at the 5% level" in sentence
+def synthetic_record(name, seed, wrong, n=10, split_seed=123):
+    """A cached result as the runner writes it, reduced to what the report reads."""
+    train_config = dataclasses.asdict(
+        TrainConfig(data="sms-spam", seed=seed, split_seed=split_seed)
+    )
+    return {
+        "name": name, "seed": seed, "test_accuracy": 1 - len(wrong) / n, "test_f1": 0.9,
+        "train_seconds": 10.0, "trainable_params": 100, "hardware": {"summary": "CPU"},
+        "metrics": {"test": {"n": n, "misclassified": wrong}},
+        "config": {"train_config": train_config},
+    }  # fmt: skip
+
+
+def test_paired_test_compares_the_rows_text_by_text():
+    a_exp, b_exp = (Experiment(n, "trainable", n, {}) for n in ("row-a", "row-b"))
+    # text 0: row a always wrong; texts 1-5: row b wrong in one of its two seeds
+    a = report.Row(a_exp, [synthetic_record("row-a", s, [0]) for s in (1, 2)])
+    b = report.Row(
+        b_exp, [synthetic_record("row-b", 1, [1, 2, 3]), synthetic_record("row-b", 2, [4, 5])]
+    )
+    assert report.right_share(b).tolist() == [1, 0.5, 0.5, 0.5, 0.5, 0.5, 1, 1, 1, 1]
+    ahead, behind, p = report.paired_test(a, b)
+    assert (ahead, behind) == (5, 1)
+    # brute force over every sign pattern of the six differences (-1, then +0.5 five times)
+    diffs = [-1.0] + [0.5] * 5
+    flips = list(itertools.product((1, -1), repeat=len(diffs)))
+    total = abs(sum(diffs))
+    extreme = sum(abs(sum(s * d for s, d in zip(f, diffs, strict=True))) >= total for f in flips)
+    assert p == pytest.approx(extreme / len(flips))
+    assert 0.2 < p < 1
+    assert report.paired_test(b, a) == (1, 5, pytest.approx(p))
+    assert report.paired_test(a, a) == (0, 0, 1.0)
+    sentence = " ".join(report.answer([a, b], None))
+    assert "ahead on 5 and behind on 1 of the 10 test texts" in sentence
+    assert f"permutation test gives p = {p:.2g}, not significant at the 5% level" in sentence
+    # one run per row and a clear gap: McNemar's exact test, 8 discordant texts all one way
+    clear = report.Row(a_exp, [synthetic_record("row-a", 1, [], n=20)])
+    poor = report.Row(b_exp, [synthetic_record("row-b", 1, list(range(8)), n=20)])
+    assert report.paired_test(clear, poor) == (8, 0, pytest.approx(2 / 2**8))
+    assert "p = 0.0078, significant at the 5% level" in " ".join(report.answer([clear, poor], None))
     # a run without its mistakes listed, or tested on other texts: no test
-    other = json.loads(json.dumps(rows[1].records[0]))
-    other["config"]["train_config"]["split_seed"] = 999
-    assert report.sign_test(rows[0], report.Row(rows[1].exp, [other])) is None
-    del rows[1].records[1]["metrics"]["test"]["misclassified"]
-    assert report.right_share(rows[1]) is None and report.sign_test(rows[0], rows[1]) is None
-    assert "sign test" not in " ".join(report.answer(rows, None))
+    moved = report.Row(b_exp, [synthetic_record("row-b", 1, [1], split_seed=999)])
+    assert report.paired_test(a, moved) is None
+    del b.records[1]["metrics"]["test"]["misclassified"]
+    assert report.right_share(b) is None and report.paired_test(a, b) is None
+    assert "permutation test" not in " ".join(report.answer([a, b], None))
 
 
 def test_train_times_compare_only_within_a_machine(ran):

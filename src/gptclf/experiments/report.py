@@ -9,7 +9,6 @@ say "not run yet". Nothing here is typed in: edit the runs, not the document.
 from __future__ import annotations
 
 import logging
-import math
 import statistics
 import textwrap
 from collections import Counter
@@ -180,7 +179,7 @@ def table(
 
 def answer(rows: list[Row], baseline: Row | None) -> list[str]:
     """Plain sentences from the numbers: which row is best and by how much, whether the gap
-    exceeds the seed-to-seed spread and holds text by text (`sign_test`), what it costs; then
+    exceeds the seed-to-seed spread and holds text by text (`paired_test`), what it costs; then
     the book and the baseline beside it."""
     ran = sorted((r for r in rows if r.n), key=lambda r: -r.acc)
     if len(ran) < 2:
@@ -210,14 +209,15 @@ def answer(rows: list[Row], baseline: Row | None) -> list[str]:
             f"That gap is within the standard deviation over seeds (up to {max(stds):.2f} "
             f"points): with {min(best.n, second.n)} seeds the two are not distinguishable."
         )
-    tested = sign_test(best, second)
+    tested = paired_test(best, second)
     if tested is not None:
-        wins, losses, p = tested
+        ahead, behind, p = tested
         verdict = "significant" if p < SIGNIFICANCE else "not significant"
         out.append(
-            f"Text by text, it is right in more of its seeds than {second.exp.label} on {wins} "
-            f"test texts and in fewer on {losses}: an exact sign test gives p = {p:.2g}, "
-            f"{verdict} at the {SIGNIFICANCE:.0%} level."
+            f"Text by text (the share of its seeds that get a text right), {best.exp.label} is "
+            f"ahead on {ahead} and behind on {behind} of the "
+            f"{best.records[0]['metrics']['test']['n']} test texts: an exact paired permutation "
+            f"test gives p = {p:.2g}, {verdict} at the {SIGNIFICANCE:.0%} level."
         )
     # Train times compare only between rows that ran on the same machine.
     timed = [r for r in ran if best.machine is not None and r.machine == best.machine]
@@ -285,13 +285,14 @@ def right_share(row: Row) -> np.ndarray | None:
     return right.mean(axis=0)
 
 
-def sign_test(a: Row, b: Row) -> tuple[int, int, float] | None:
-    """Paired sign test of two rows on the same test texts: the texts where `a`'s runs are
-    right more often than `b`'s, the texts where less often, and the exact two-sided p-value
-    of that split under "neither row is better" (binomial, 1/2). The text is the unit, so the
-    test asks whether the gap would hold on other texts, not only on other seeds; with one run
-    per row it is McNemar's exact test. None where either row lacks per-text mistakes or the
-    two tested on different texts."""
+def paired_test(a: Row, b: Row) -> tuple[int, int, float] | None:
+    """Exact paired permutation test of two rows on the same test texts. Each text's score is
+    the share of a row's runs that got it right; the test statistic is the summed difference
+    a - b over the texts, and under "neither row is better" each text's difference is as likely
+    to have the other sign. The text is the unit, so it asks whether the gap would hold on other
+    texts, not only on other seeds (with one run per row it is McNemar's exact test). Returns
+    the number of texts where `a` is ahead, where behind, and the two-sided p-value; None where
+    either row lacks per-text mistakes or the two tested on different texts."""
     shares = right_share(a), right_share(b)
     if shares[0] is None or shares[1] is None or len(shares[0]) != len(shares[1]):
         return None
@@ -299,11 +300,18 @@ def sign_test(a: Row, b: Row) -> tuple[int, int, float] | None:
         b.records[0]["config"]["train_config"]
     ):
         return None
-    wins = int(np.sum(shares[0] > shares[1]))
-    losses = int(np.sum(shares[0] < shares[1]))
-    n, k = wins + losses, min(wins, losses)
-    p = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n) if n else 1.0
-    return wins, losses, p
+    # Differences in units of 1 / (runs of a x runs of b) are integers: the null distribution
+    # of their sum is exact by convolution, one text at a time.
+    diffs = np.rint((shares[0] - shares[1]) * a.n * b.n).astype(int)
+    sizes = np.abs(diffs[diffs != 0])
+    total = int(sizes.sum())
+    null = np.zeros(2 * total + 1)
+    null[total] = 1.0
+    for size in sizes:  # partial sums stay within +-total, so the rolls never wrap
+        null = 0.5 * (np.roll(null, size) + np.roll(null, -size))
+    observed = abs(int(diffs.sum()))
+    p = float(null[np.abs(np.arange(-total, total + 1)) >= observed].sum())
+    return int(np.sum(diffs > 0)), int(np.sum(diffs < 0)), min(p, 1.0)
 
 
 def chart(title: str, rows: list[Row], path: Path) -> Path | None:
