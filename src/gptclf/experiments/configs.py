@@ -14,21 +14,24 @@ References:
 - `BOOK` = the `TrainConfig` defaults (the book's chapter 6: GPT-2 small, last token, longest
   padding, fp32, lr 5e-5); the pretrained GPT-2 rows use it, so they are the book's rows exactly.
 
-Epochs, and what the table costs on a 2-core CPU (`cpu_minutes`, per seed, fp32: the measured
-time on an AVX2 AMD EPYC for rows that ran there, frozen-prefix cache included; otherwise
-estimated from `benchmarks/results/tune_smollm2.jsonl` (bf16 on a bf16-native CPU) times ~2.4,
-what fp32 costs against native bf16):
+Epochs, and what the table costs on a 2-core CPU (`cpu_minutes`, per seed, fp32: the measured time
+where the row ran, frozen-prefix cache included: an AVX2 AMD EPYC for most rows, an AVX512 one for
+smollm2-all, smollm2-lora, smollm2-pad-longest, minilm-all-full-train and the gpt2-small-random
+timing; otherwise estimated from `benchmarks/results/tune_smollm2.jsonl` (bf16 on a bf16-native
+CPU) times ~2.4, what fp32 costs against native bf16):
 - Rows whose trainable part sits on top of frozen blocks (head, last block, last two blocks, LoRA
   in the last blocks, any pooling, padding or mask) are cheap: the prefix cache runs the frozen blocks once per example,
   and each epoch only runs the trainable top. They keep the book's 5 epochs.
 - `trainable=all` and LoRA on a 135M model cannot be cached (something trainable sits in block 0),
-  so every step runs all 30 blocks forward and backward: about an hour per epoch in fp32. They get 2
-  epochs (the tuning log's larger trainable sets peaked at epoch 1-2), and all-layer finetuning of
-  pretrained weights uses the book's lr 5e-5 (2e-4 was tuned for one block).
+  so every step runs all 30 blocks forward and backward: about 5 (LoRA) to 7 (all) minutes per
+  epoch in fp32 on the AVX512 machine, as measured (the hour per epoch estimated before from the
+  bf16 tuning log was far off). They get 2 epochs (the tuning log's larger trainable sets peaked at
+  epoch 1-2), and all-layer finetuning of pretrained weights uses the book's lr 5e-5 (2e-4 was
+  tuned for one block).
 - Random-init rows train every layer from scratch, 2 epochs each, at the recipe's lr 2e-4.
 - `gpu_only` rows would take many hours (or days) on that CPU; the runner skips them without CUDA.
-Everything runnable offline adds up to about 7 hours per seed, mostly the three uncached rows
-(`gptclf experiments list` sums the estimates). Pretrained GPT-2 rows run only where their
+Everything runnable offline adds up to about 160 minutes per seed, 40 of them the three uncached
+rows (`gptclf experiments list` sums the estimates). Pretrained GPT-2 rows run only where their
 weights are cached.
 """
 
@@ -189,8 +192,9 @@ EXPERIMENTS_LIST: list[Experiment] = [
     ),
     Experiment(
         "smollm2-all", "trainable", "all layers", _smollm2(trainable="all", lr=_ALL_LR, epochs=2),
-        book="96.67", book_row="all layers", cpu_minutes=120,
-        note="2 epochs (uncached, ~1 h each on 2 cores in fp32); lr 5e-5 for all-layer finetuning",
+        book="96.67", book_row="all layers", cpu_minutes=15,
+        note="2 epochs (uncached, ~6.5 min each on 2 cores in fp32); lr 5e-5 for all-layer "
+        "finetuning",
     ),
     # 2. Which token feeds the head
     Experiment(
@@ -264,8 +268,9 @@ EXPERIMENTS_LIST: list[Experiment] = [
     Experiment(
         "gpt2-small-random", "model_size", "GPT-2 small shape, random init",
         _smollm2(model="gpt2-small", **_RANDOM),
-        book="93.67", book_row="gpt2-small, random weights, all layers", cpu_minutes=85,
-        note="2 epochs (every layer trains, ~40 min per epoch on 2 cores in fp32); the book trained 5",
+        book="93.67", book_row="gpt2-small, random weights, all layers", cpu_minutes=13,
+        note="2 epochs (every layer trains; ~6 min per epoch on 2 cores in fp32, timed over 6 "
+        "steps); the book trained 5",
     ),
     Experiment(
         "gpt2-medium-random", "model_size", "GPT-2 medium shape, random init",
@@ -275,7 +280,7 @@ EXPERIMENTS_LIST: list[Experiment] = [
     # 6. LoRA
     Experiment(
         "smollm2-lora", "lora", "LoRA r=8, α=16, all linears", _smollm2(trainable="lora", epochs=2),
-        book="96.67", book_row="LoRA (r=16, α=16, scaled by α)", cpu_minutes=85,
+        book="96.67", book_row="LoRA (r=16, α=16, scaled by α)", cpu_minutes=12.5,
         note="2 epochs: adapters in block 0 leave nothing to cache (backward runs through all "
         "30 blocks)",
     ),
