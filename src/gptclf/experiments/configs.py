@@ -16,8 +16,8 @@ References:
 
 Epochs, and what the table costs on a 2-core CPU (`cpu_minutes`, per seed, fp32: the measured time
 where the row ran, frozen-prefix cache included: an AVX2 AMD EPYC for most rows, an AVX512 one for
-smollm2-all, smollm2-lora, smollm2-pad-longest, minilm-all-full-train and the gpt2-small-random
-timing; otherwise estimated from `benchmarks/results/tune_smollm2.jsonl` (bf16 on a bf16-native
+smollm2-all, smollm2-lora, smollm2-pad-longest, minilm-all-full-train and gpt2-small-random;
+otherwise estimated from `benchmarks/results/tune_smollm2.jsonl` (bf16 on a bf16-native
 CPU) times ~2.4, what fp32 costs against native bf16):
 - Rows whose trainable part sits on top of frozen blocks (head, last block, last two blocks, LoRA
   in the last blocks, any pooling, padding or mask) are cheap: the prefix cache runs the frozen blocks once per example,
@@ -30,7 +30,7 @@ CPU) times ~2.4, what fp32 costs against native bf16):
   tuned for one block).
 - Random-init rows train every layer from scratch, 2 epochs each, at the recipe's lr 2e-4.
 - `gpu_only` rows would take many hours (or days) on that CPU; the runner skips them without CUDA.
-Everything runnable offline adds up to about 160 minutes per seed, 40 of them the three uncached
+Everything runnable offline adds up to about 157 minutes per seed, 37 of them the three uncached
 rows (`gptclf experiments list` sums the estimates). Pretrained GPT-2 rows run only where their
 weights are cached.
 """
@@ -268,9 +268,9 @@ EXPERIMENTS_LIST: list[Experiment] = [
     Experiment(
         "gpt2-small-random", "model_size", "GPT-2 small shape, random init",
         _smollm2(model="gpt2-small", **_RANDOM),
-        book="93.67", book_row="gpt2-small, random weights, all layers", cpu_minutes=13,
-        note="2 epochs (every layer trains; ~6 min per epoch on 2 cores in fp32, timed over 6 "
-        "steps); the book trained 5",
+        book="93.67", book_row="gpt2-small, random weights, all layers", cpu_minutes=10,
+        note="2 epochs (every layer trains; ~4.5 min per epoch on 2 cores in fp32); the book "
+        "trained 5",
     ),
     Experiment(
         "gpt2-medium-random", "model_size", "GPT-2 medium shape, random init",
