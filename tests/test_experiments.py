@@ -412,6 +412,35 @@ def test_paired_test_compares_the_rows_text_by_text():
     assert "permutation test" not in " ".join(report.answer([a, b], None))
 
 
+def test_results_with_impossible_numbers_do_not_count(tmp_path, caplog):
+    """A hand-edited or damaged result must not reach the report (an out-of-range mistake
+    index would crash it; an accuracy of 1.5 would top the table)."""
+    exp = Experiment("row-a", "trainable", "row a", {"lr": 1e-3})
+    record = synthetic_record("row-a", 1, [2, 9])
+    record.update(
+        format=runner.FORMAT, split_seed=runner.SPLIT_SEED, overrides={"lr": 1e-3},
+        total_seconds=11.0, total_params=100, versions={},
+    )  # fmt: skip
+    path = runner.result_path(tmp_path, "row-a", 1)
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(record))
+    assert runner.load_result(path, exp, 1) is not None
+    for key, value, why in (
+        ("misclassified", [2, 10], "not test text indices"),
+        ("misclassified", [-1], "not test text indices"),
+        ("misclassified", "2,9", "not test text indices"),
+        ("test_accuracy", 1.5, "test_accuracy is 1.5, not a number in [0, 1]"),
+        ("test_f1", "0.9", "test_f1 is '0.9', not a number in [0, 1]"),
+    ):
+        bad = json.loads(json.dumps(record))
+        (bad["metrics"]["test"] if key == "misclassified" else bad)[key] = value
+        path.write_text(json.dumps(bad))
+        caplog.clear()
+        assert runner.load_result(path, exp, 1) is None
+        assert why in caplog.text
+    assert runner.load_results(tmp_path, {"row-a": exp}) == {}
+
+
 def test_train_times_compare_only_within_a_machine(ran):
     results, table, _, _ = ran
     rows = [

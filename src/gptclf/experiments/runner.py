@@ -97,6 +97,10 @@ def load_result(path: Path, exp: Experiment, seed: int | None = None) -> dict[st
     if not isinstance(record, dict) or any(k not in record for k in REQUIRED):
         log.warning("%s: incomplete result; it does not count", path)
         return None
+    problem = _numbers_problem(record)
+    if problem:
+        log.warning("%s: %s; it does not count", path, problem)
+        return None
     if record["format"] != FORMAT or record["name"] != exp.name:
         log.warning("%s: not a format-%d result of %s; it does not count", path, FORMAT, exp.name)
         return None
@@ -114,6 +118,21 @@ def load_result(path: Path, exp: Experiment, seed: int | None = None) -> dict[st
         )
         return None
     return record
+
+
+def _numbers_problem(record: dict[str, Any]) -> str | None:
+    """What makes a (hand-edited or damaged) result's numbers unusable by the report, or None."""
+    for key in ("test_accuracy", "test_f1"):
+        value = record[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+            return f"{key} is {value!r}, not a number in [0, 1]"
+    test = (record.get("metrics") or {}).get("test") or {}
+    if "misclassified" in test:
+        n, wrong = test.get("n"), test["misclassified"]
+        indices = isinstance(n, int) and isinstance(wrong, list)
+        if not indices or not all(type(i) is int and 0 <= i < n for i in wrong):
+            return "its test mistakes (metrics.test.misclassified) are not test text indices"
+    return None
 
 
 def _settings_of(record: dict[str, Any], exp: Experiment) -> Any:
