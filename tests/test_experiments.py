@@ -485,3 +485,25 @@ def test_runner_shares_frozen_prefixes_through_cache_dir(ran, tmp_path):
 def test_a_prompt_setting_stays_in_one_table_cell():
     shown = report.setting(EXPERIMENTS["smollm2-prompt"], EXPERIMENTS)
     assert shown.startswith("prompt `Text message:") and "\n" not in shown and "\\n" in shown
+
+
+def test_size_trend_lists_rows_that_differ_only_in_the_model():
+    def row(name, model, params, wrong_per_seed, **other):
+        exp = Experiment(name, "model_size", name, {"model": model, "weights": "random", **other})
+        records = [synthetic_record(name, s, w, n=100) for s, w in enumerate(wrong_per_seed)]
+        for record in records:
+            record["total_params"] = params
+        return report.Row(exp, records)
+
+    small = row("small", "gpt2-small", 124_000_000, [[1, 2], [1]])  # 98.50%
+    tiny = row("tiny", "gpt2-tiny", 1_600_000, [[1, 2, 3], [1, 2, 3]])  # 97.00%
+    medium = row("medium", "gpt2-medium", 355_000_000, [[1], [1, 2, 3]])  # 98.00%
+    other = row("other", "gpt2-xl", 1_558_000_000, [[]], lr=1.0)  # another setting: not listed
+    (sentence,) = report.size_trend([small, other, medium, tiny])
+    assert sentence == (
+        "By size, the rest of the settings the same: tiny (1.6M parameters) 97.00 ± 0.00%, "
+        "small (124.0M parameters) 98.50 ± 0.71%, medium (355.0M parameters) 98.00 ± 1.41%; "
+        "accuracy does not rise with every step in size."
+    )
+    assert report.size_trend([tiny, small])[0].endswith("rises with every step in size.")
+    assert report.size_trend([small, other]) == []  # no two rows differ only in the model

@@ -31,7 +31,7 @@ CPU) times ~2.4, what fp32 costs against native bf16):
   tuned for one block).
 - Random-init rows train every layer from scratch, 2 epochs each, at the recipe's lr 2e-4.
 - `gpu_only` rows would take many hours (or days) on that CPU; the runner skips them without CUDA.
-Everything runnable offline adds up to about 200 minutes per seed (`gptclf experiments list` sums
+Everything runnable offline adds up to about 190 minutes per seed (`gptclf experiments list` sums
 the estimates). Pretrained GPT-2 rows run only where their
 weights are cached.
 """
@@ -275,8 +275,8 @@ EXPERIMENTS_LIST: list[Experiment] = [
     ),
     Experiment(
         "gpt2-medium-random", "model_size", "GPT-2 medium shape, random init",
-        _smollm2(model="gpt2-medium", **_RANDOM), cpu_minutes=45,
-        note="2 epochs, like the small shape (every layer of 355M trains: ~20 min per epoch on "
+        _smollm2(model="gpt2-medium", **_RANDOM), cpu_minutes=32.5,
+        note="2 epochs, like the small shape (every layer of 355M trains: ~15 min per epoch on "
         "2 cores in fp32)",
     ),
     # 6. LoRA

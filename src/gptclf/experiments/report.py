@@ -8,6 +8,7 @@ say "not run yet". Nothing here is typed in: edit the runs, not the document.
 
 from __future__ import annotations
 
+import json
 import logging
 import statistics
 import textwrap
@@ -267,6 +268,37 @@ def answer(rows: list[Row], baseline: Row | None) -> list[str]:
 
 
 SIGNIFICANCE = 0.05
+
+
+def size_trend(rows: list[Row]) -> list[str]:
+    """For rows that differ only in the model (same weights, same everything else): accuracy
+    against total parameters, and whether it rises with size."""
+    groups: dict[str, list[Row]] = {}
+    for row in rows:
+        if row.n and not row.reference and "model" in row.exp.overrides:
+            rest = {k: v for k, v in row.exp.overrides.items() if k != "model"}
+            groups.setdefault(json.dumps(rest, sort_keys=True, default=str), []).append(row)
+    out = []
+    for group in groups.values():
+        if len({r.exp.overrides["model"] for r in group}) < 2:
+            continue
+        group.sort(key=lambda r: r.records[0]["total_params"])
+        accs = [r.acc for r in group]
+        listed = ", ".join(
+            f"{r.exp.label} ({fmt_params(r.records[0]['total_params'])} parameters) "
+            f"{fmt_pm(r.acc, r.acc_std)}%"
+            for r in group
+        )
+        rises = all(b > a for a, b in zip(accs[:-1], accs[1:], strict=True))
+        out.append(
+            f"By size, the rest of the settings the same: {listed}; accuracy "
+            + (
+                "rises with every step in size."
+                if rises
+                else "does not rise with every step in size."
+            )
+        )
+    return out
 
 
 def right_share(row: Row) -> np.ndarray | None:
@@ -550,7 +582,7 @@ def write(
         rows = own + refs
         lines += ["", f"## {i}. {question.title}", "", question.text, ""]
         lines += table(rows + ([baseline] if baseline else []), experiments, reasons)
-        lines += ["", " ".join(answer(rows, baseline))]
+        lines += ["", " ".join(answer(rows, baseline) + size_trend(own))]
         path = chart(
             question.title, rows + ([baseline] if baseline else []), charts_dir / f"{qid}.png"
         )
