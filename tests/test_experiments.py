@@ -438,6 +438,9 @@ def test_results_with_impossible_numbers_do_not_count(tmp_path, caplog):
         caplog.clear()
         assert runner.load_result(path, exp, 1) is None
         assert why in caplog.text
+    bad = dict(record, metrics=[])
+    path.write_text(json.dumps(bad))
+    assert runner.load_result(path, exp, 1) is None and "no test metrics" in caplog.text
     assert runner.load_results(tmp_path, {"row-a": exp}) == {}
 
 

@@ -126,7 +126,10 @@ def _numbers_problem(record: dict[str, Any]) -> str | None:
         value = record[key]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
             return f"{key} is {value!r}, not a number in [0, 1]"
-    test = (record.get("metrics") or {}).get("test") or {}
+    metrics = record.get("metrics")
+    test = metrics.get("test") if isinstance(metrics, dict) else None
+    if not isinstance(test, dict):
+        return "it has no test metrics (metrics.test)" if "metrics" in record else None
     if "misclassified" in test:
         n, wrong = test.get("n"), test["misclassified"]
         indices = isinstance(n, int) and isinstance(wrong, list)
