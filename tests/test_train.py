@@ -148,6 +148,19 @@ def test_padding_changes_last_but_not_last_real(small_split):
     assert real_longest == pytest.approx(real_context, rel=1e-4)
 
 
+def test_max_context_padding_pads_to_a_shorter_max_length_as_saved(small_split, tmp_path):
+    """With --max-length below the context, max_context pads to max_length in training as in the
+    saved classifier (pool=last reads a pad, so a different padded length changes its logits)."""
+    out = tmp_path / "run"
+    metrics = fit(
+        tiny(small_split, out, epochs=1, pool="last", padding="max_context", max_length=48)
+    )
+    clf = Classifier.load(out)
+    assert clf.info.max_length == 48
+    again = clf.evaluate(load_dataset(small_split / "test.csv"))
+    assert again["loss"] == pytest.approx(metrics["test"]["loss"], rel=1e-5)
+
+
 def test_dynamic_padding_predicts_like_fixed_padding(small_split):
     """Dynamic (per-batch, length-sorted) padding gives the same logits as padding to a length."""
     import gptclf.inference as inference

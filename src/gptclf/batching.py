@@ -142,7 +142,8 @@ def pad_length(mode: PaddingMode, train_ids: list[list[int]], context_length: in
     """Fixed length every batch is padded to, or None for per-batch (dynamic) padding.
 
     longest: the longest training example (the book; validation/test are truncated to it).
-    max_context: the model's context length. dynamic: None.
+    max_context: `context_length` (the model's, or the shorter --max-length the texts were cut to).
+    dynamic: None.
     """
     if mode == "longest":
         return min(max(len(seq) for seq in train_ids), context_length)

@@ -82,7 +82,13 @@ def add_train_args(p: argparse.ArgumentParser, recipe: str = "book") -> None:
         "below them are computed once per text (prefix cache)",
     )
     p.add_argument("--pool", default=d.pool, choices=POOL_MODES)
-    p.add_argument("--padding", default=d.padding, choices=PADDING_MODES)
+    p.add_argument(
+        "--padding",
+        default=d.padding,
+        choices=PADDING_MODES,
+        help="longest: to the longest training text; max_context: to the context, or "
+        "--max-length if shorter; dynamic: per batch",
+    )
     p.add_argument(
         "--no-causal-mask",
         dest="causal",

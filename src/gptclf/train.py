@@ -211,7 +211,9 @@ def _fit(cfg: TrainConfig, d: Dist, device: torch.device, started: float) -> dic
 
     encoded = encode(max_length)
     ids = {name: seqs for name, (seqs, _) in encoded.items()}
-    length = batching.pad_length(cfg.padding, ids["train"], context)
+    # max_context pads to the context the texts were truncated to (--max-length, if shorter),
+    # as the saved classifier does at inference.
+    length = batching.pad_length(cfg.padding, ids["train"], max_length)
     if length is not None and length < max_length:
         # The book truncates validation/test to the training length: encoded again, so that a
         # prompt stays whole and only the texts are cut.
