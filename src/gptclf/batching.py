@@ -138,17 +138,18 @@ def truncate(seq: list[int], max_length: int, truncation: Truncation = "head") -
     )
 
 
-def pad_length(mode: PaddingMode, train_ids: list[list[int]], context_length: int) -> int | None:
+def pad_length(mode: PaddingMode, train_ids: list[list[int]], max_length: int) -> int | None:
     """Fixed length every batch is padded to, or None for per-batch (dynamic) padding.
 
     longest: the longest training example (the book; validation/test are truncated to it).
-    max_context: `context_length` (the model's, or the shorter --max-length the texts were cut to).
+    max_context: `max_length`, what the texts were cut to (the model's context, or a shorter
+    --max-length).
     dynamic: None.
     """
     if mode == "longest":
-        return min(max(len(seq) for seq in train_ids), context_length)
+        return min(max(len(seq) for seq in train_ids), max_length)
     if mode == "max_context":
-        return context_length
+        return max_length
     if mode == "dynamic":
         return None
     raise GptclfError(f"unknown padding {mode!r}; expected one of {', '.join(PADDING_MODES)}")

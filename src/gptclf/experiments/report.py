@@ -290,13 +290,10 @@ def size_trend(rows: list[Row]) -> list[str]:
             for r in group
         )
         rises = all(b > a for a, b in zip(accs[:-1], accs[1:], strict=True))
+        verb = "rises" if rises else "does not rise"
         out.append(
-            f"By size, the rest of the settings the same: {listed}; accuracy "
-            + (
-                "rises with every step in size."
-                if rises
-                else "does not rise with every step in size."
-            )
+            f"By size, the rest of the settings the same: {listed}; accuracy {verb} with every "
+            "step in size."
         )
     return out
 
