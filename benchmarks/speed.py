@@ -172,7 +172,7 @@ def book_gpt2_weights() -> Path:
 
     from gptclf.tokenizer import installed_gpt2_bpe_files
     from gptclf.weights.book import config_from_book, convert_book_gpt
-    from gptclf.weights.hf import save_hf_gpt2
+    from gptclf.weights.hf_gpt2 import save_hf_gpt2
 
     out = WORK / f"gpt2-small-book-random-seed{SEED}"
     if not (out / "class_head.safetensors").exists():
@@ -301,7 +301,7 @@ def _our_classifier(precision: str, int8: bool = False):
     from gptclf.classifier import SequenceClassifier
     from gptclf.inference import predict_logits
     from gptclf.model import GPT
-    from gptclf.weights.hf import config_from_hf_gpt2, convert_hf_gpt2
+    from gptclf.weights.hf_gpt2 import config_from_hf_gpt2, convert_hf_gpt2
     from gptclf.weights.registry import gpt2_tokenizer
 
     directory = shared_gpt2_weights()

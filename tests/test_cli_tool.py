@@ -17,7 +17,7 @@ import pytest
 
 from fixtures_tool import TRAIN_FLAGS, reviews, write_reviews
 from gptclf.cli import main
-from gptclf.report import PLOTS
+from gptclf.run_report import PLOTS
 
 
 def run_cli(capsys, *argv) -> tuple[int, str, str]:

@@ -18,12 +18,12 @@ from gptclf.config import ModelConfig
 from gptclf.data import load_dataset
 from gptclf.encoder import Encoder
 from gptclf.errors import GptclfError
+from gptclf.fileio import read_safetensors
 from gptclf.lm import build_backbone, load_lm
 from gptclf.tokenizer import Tokenizer
 from gptclf.train import fit
 from gptclf.weights import registry
 from gptclf.weights.bert import config_from_hf_bert, convert_hf_bert, load_bert_tokenizer
-from gptclf.weights.hf import read_safetensors
 from test_train import small_split, tiny  # noqa: F401  (fixture)
 
 TEXTS = ["Free entry: WIN a prize now!!", "ok, call you later", "the cat's 2 dogs"]

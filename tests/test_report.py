@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from gptclf.metrics import logit_metrics
-from gptclf.report import PLOTS, curve, write_report
+from gptclf.run_report import PLOTS, curve, write_report
 
 
 def fake_run(num_classes: int, n: int = 60, seed: int = 0):

@@ -186,19 +186,21 @@ def test_each_option_changes_the_training_run(small_split, option):
     assert base[0]["train_loss"] != pytest.approx(changed[0]["train_loss"], rel=1e-4)
 
 
-def test_no_bucket_trains_on_random_batches(small_split, monkeypatch):
+def test_no_bucket_trains_on_random_batches(small_split):
     from gptclf import batching
+    from gptclf.train import TrainParts
 
     seen = []
-    real = batching.batches
 
-    def spy(*args, **kwargs):
+    def spy(*args, **kwargs):  # the training batch source, passed in
         seen.append(kwargs.get("bucket"))
-        return real(*args, **kwargs)
+        return batching.batches(*args, **kwargs)
 
-    monkeypatch.setattr(batching, "batches", spy)
-    bucketed = fit(tiny(small_split, epochs=1, padding="dynamic", pool="last_real"))
-    random = fit(tiny(small_split, epochs=1, padding="dynamic", pool="last_real", bucket=False))
+    parts = TrainParts(batches=spy)
+    bucketed = fit(tiny(small_split, epochs=1, padding="dynamic", pool="last_real"), parts)
+    random = fit(
+        tiny(small_split, epochs=1, padding="dynamic", pool="last_real", bucket=False), parts
+    )
     assert seen == [True, False]  # the training batches only (evaluation has its own order)
     assert bucketed["history"][0]["train_loss"] != pytest.approx(
         random["history"][0]["train_loss"], rel=1e-4

@@ -7,7 +7,7 @@ from safetensors.torch import load_file, save_file
 from fixtures_gpt2 import make_tiny_hf_gpt2
 from gptclf.errors import GptclfError
 from gptclf.lm import load_lm
-from gptclf.weights.hf import save_hf_gpt2
+from gptclf.weights.hf_gpt2 import save_hf_gpt2
 
 
 @pytest.fixture(scope="module")

@@ -23,10 +23,17 @@ from tqdm import tqdm
 
 from gptclf import batching, tables
 from gptclf.checkpoint import ClassifierInfo, load_classifier
+from gptclf.choices import INFERENCE_PRECISIONS
 from gptclf.classifier import SequenceClassifier
-from gptclf.data import DEFAULT_LABEL_COLUMN, DEFAULT_TEXT_COLUMNS, LabeledTexts, load_dataset
+from gptclf.data import (
+    DEFAULT_LABEL_COLUMN,
+    DEFAULT_TEXT_COLUMNS,
+    LabeledTexts,
+    align_labels,
+    load_dataset,
+)
 from gptclf.errors import GptclfError
-from gptclf.inference import native_bf16, predict_logits
+from gptclf.inference import predict_logits, resolve_precision
 from gptclf.metrics import logit_metrics
 from gptclf.tokenizer import Tokenizer
 
@@ -60,14 +67,16 @@ class Classifier:
         # nn.Linear, CPU only); default: the precision the checkpoint was trained with, except
         # bf16 where this machine only emulates it (several times slower than fp32 there).
         self.precision = precision or info.train_config.get("precision", "fp32")
+        if self.precision not in INFERENCE_PRECISIONS:
+            raise GptclfError(
+                f"precision must be one of {', '.join(INFERENCE_PRECISIONS)}, got {self.precision!r}"
+            )
         device = next(model.parameters()).device
         if self.precision == "auto" or (precision is None and self.precision == "bf16"):
-            self.precision = "bf16" if native_bf16(device) else "fp32"
+            self.precision = resolve_precision("auto", device)
             log.info(
                 "predicting in %s on %s (bf16 only where it is native)", self.precision, device
             )
-        if self.precision not in ("fp32", "bf16", "int8"):
-            raise GptclfError(f"precision must be fp32, bf16, int8 or auto, got {self.precision!r}")
         if self.precision == "int8":
             # torch 2.13 marks torch.ao.quantization deprecated (successor: torchao); it still
             # works and is what the issue asks for, so keep users' stderr clean.
@@ -85,16 +94,20 @@ class Classifier:
         )
 
     @classmethod
-    def train(cls, out: str | Path = "runs/latest", **options: Any) -> Classifier:
+    def train(cls, **options: Any) -> Classifier:
         """Train like `gptclf train` (options = `TrainConfig` fields, e.g. data, text_columns,
-        label_column, model, epochs) into `out`, and return the kept (best or last) checkpoint, loaded."""
+        label_column, model, epochs, out) into `out` (default runs/latest), and return the kept
+        (best or last) checkpoint, loaded."""
         from gptclf.train import TrainConfig, fit
 
-        known = {f.name for f in dataclasses.fields(TrainConfig)} - {"out"}
+        known = {f.name for f in dataclasses.fields(TrainConfig)}
         if unknown := sorted(set(options) - known):
             raise GptclfError(f"unknown training option(s) {unknown}; known: {sorted(known)}")
-        fit(TrainConfig(out=str(out), **options))
-        return cls.load(out)
+        cfg = TrainConfig(**options)
+        if cfg.out is None:
+            raise GptclfError("Classifier.train needs an out directory to load the result from")
+        fit(cfg)
+        return cls.load(cfg.out)
 
     @property
     def labels(self) -> list[str]:
@@ -187,13 +200,7 @@ class Classifier:
         ``errors=N`` adds ``errors``: the N most confident mistakes (highest probability given to
         a wrong label), each with its row number, text, true and predicted label.
         """
-        index = {name: i for i, name in enumerate(self.labels)}
-        # Integer labels (e.g. the 0/1 of `gptclf data split` files) are class indices.
-        index.update({str(i): i for i in range(len(self.labels)) if str(i) not in index})
-        unknown = sorted(set(data.label_names[y] for y in data.labels) - set(index))
-        if unknown:
-            raise GptclfError(f"labels {unknown} are not among the classifier's {self.labels}")
-        labels = [index[data.label_names[y]] for y in data.labels]
+        labels = align_labels(data, self.labels, "the data", integer_indices=True).labels
         logits = self._logits(data.texts, batch_size).numpy()
         metrics = logit_metrics(logits, labels, self.labels)
         if errors:

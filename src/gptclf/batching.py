@@ -14,15 +14,14 @@ from typing import Literal
 
 import torch
 
+from gptclf.choices import PADDING_MODES, TRUNCATIONS
 from gptclf.errors import GptclfError
 from gptclf.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
 PaddingMode = Literal["longest", "max_context", "dynamic"]
-PADDING_MODES = ("longest", "max_context", "dynamic")
 Truncation = Literal["head", "tail", "head+tail"]
-TRUNCATIONS = ("head", "tail", "head+tail")  # which tokens a too-long text keeps
 # Dynamic batches are padded to a bounded set of lengths. oneDNN keeps a primitive (with its own
 # weight copies) per input shape; with every length distinct, bf16 training grew memory by
 # ~850 MB on SmolLM2-135M (and bf16 inference over 256 distinct lengths by ~1 GB on GPT-2 small).
@@ -226,3 +225,18 @@ def batches(
             cap,
             round_up,
         )
+
+
+def sorted_batches(
+    ids: list[list[int]], batch_size: int, pad_id: int, length: int | None
+) -> Iterator[Batch]:
+    """Inference batches in order of length (dynamic padding then wastes little, rounded by
+    `round_to_eighth`), each batch's `indices` the input positions, so results go back in
+    input order. Labels are zeros: for prediction and the prefix cache."""
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    sorted_ids = [ids[i] for i in order]
+    for batch in batches(
+        sorted_ids, [0] * len(ids), batch_size, pad_id, length, round_up=round_to_eighth
+    ):
+        batch.indices = torch.tensor([order[j] for j in batch.indices.tolist()])
+        yield batch

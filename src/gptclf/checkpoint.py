@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from gptclf.classifier import SequenceClassifier
 from gptclf.config import ModelConfig
 from gptclf.errors import GptclfError
+from gptclf.fileio import atomic_write, write_json
 from gptclf.lm import build_backbone
 from gptclf.lora import apply_lora
 from gptclf.tokenizer import Tokenizer
@@ -78,23 +79,6 @@ class ClassifierInfo:
             train_config=data.get("train_config", {}),
             lora=data.get("lora"),
         )
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call `write(tmp_path)`, then rename tmp_path over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json(path: Path, data: Any) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))
 
 
 def save_classifier(

@@ -13,14 +13,13 @@ from typing import Literal
 import torch
 from torch import nn
 
+from gptclf.choices import POOL_MODES, TRAINABLE_HELP
 from gptclf.errors import GptclfError
 from gptclf.lora import mark_trainable
 
 log = logging.getLogger(__name__)
 
 PoolMode = Literal["last", "last_real", "first", "cls", "mean"]
-POOL_MODES = ("last", "last_real", "first", "cls", "mean")
-TRAINABLE_HELP = "head | last_block | last_two_blocks | last_N (e.g. last_4) | all | lora"
 
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, mode: PoolMode) -> torch.Tensor:

@@ -10,189 +10,56 @@ import os
 import sys
 from pathlib import Path
 
-from gptclf.batching import PADDING_MODES, TRUNCATIONS
-from gptclf.classifier import POOL_MODES, TRAINABLE_HELP
-from gptclf.data import BALANCE_MODES, SPLIT_MODES
+from gptclf.choices import INFERENCE_PRECISIONS, SPLIT_MODES
 from gptclf.errors import GptclfError
-from gptclf.lora import LORA_SCALINGS, LORA_TARGETS
 
 log = logging.getLogger("gptclf")
 
 
 def add_train_args(p: argparse.ArgumentParser, recipe: str = "book") -> None:
-    from gptclf.train import RECIPES, TrainConfig
+    """One flag per `TrainConfig` field, generated from its metadata (help, choices, flag name);
+    defaults are the recipe's. Values are checked by `TrainConfig` itself, so a bad value gets
+    the same message here and in the Python API."""
+    from gptclf.train_config import RECIPES, TrainConfig, recipe_defaults
 
     # A recipe only changes the defaults: flags given explicitly still win.
-    d = TrainConfig(**RECIPES.get(recipe, {}))
+    defaults = recipe_defaults(recipe if recipe in RECIPES else "book")
     p.add_argument(
         "--recipe",
         default="book",
         choices=sorted(RECIPES),
         help="named defaults: book (chapter 6) or smollm2 (the main job)",
     )
-    p.add_argument(
-        "--model", default=d.model, help="model name (see `gptclf models`) or HF directory"
-    )
-    p.add_argument("--weights", default=d.weights, choices=["pretrained", "random"])
-    p.add_argument(
-        "--data",
-        default=d.data,
-        help="sms-spam | sms-spam-uci | a .csv/.tsv/.jsonl/.parquet file | a split directory",
-    )
-    add_column_args(p)
-    p.add_argument(
-        "--validation", metavar="FILE", help="validation file; if not given: split off --data"
-    )
-    p.add_argument("--test", metavar="FILE", help="test file; if not given: split off --data")
-    p.add_argument(
-        "--split",
-        default=d.split,
-        choices=SPLIT_MODES,
-        help="auto: book on sms-spam, else stratified (with --seed); book_full: the book's "
-        "validation/test, every other row trains",
-    )
-    p.add_argument(
-        "--balance",
-        default=d.balance,
-        choices=BALANCE_MODES,
-        help="undersample: cut every class of the training split to the rarest one's size",
-    )
-    p.add_argument(
-        "--class-weights",
-        default=d.class_weights,
-        metavar="auto|none|W1,W2,...",
-        help="cross-entropy weights per class (auto: inverse class frequency)",
-    )
-    p.add_argument("--trainable", default=d.trainable, help=TRAINABLE_HELP)
-    p.add_argument("--lora-rank", type=int, default=d.lora_rank, help="with --trainable lora")
-    p.add_argument("--lora-alpha", type=float, default=d.lora_alpha)
-    p.add_argument("--lora-targets", default=d.lora_targets, choices=LORA_TARGETS)
-    p.add_argument(
-        "--lora-scaling",
-        default=d.lora_scaling,
-        choices=LORA_SCALINGS,
-        help="update scale: alpha/rank (default) or alpha (the book's bonus code)",
-    )
-    p.add_argument(
-        "--lora-blocks",
-        type=int,
-        default=d.lora_blocks,
-        metavar="N",
-        help="adapters in the last N blocks only (default: every block); the frozen blocks "
-        "below them are computed once per text (prefix cache)",
-    )
-    p.add_argument("--pool", default=d.pool, choices=POOL_MODES)
-    p.add_argument(
-        "--padding",
-        default=d.padding,
-        choices=PADDING_MODES,
-        help="longest: to the longest training text; max_context: to the context, or "
-        "--max-length if shorter; dynamic: per batch",
-    )
-    p.add_argument(
-        "--no-causal-mask",
-        dest="causal",
-        action="store_false",
-        help="let every token attend to every real token",
-    )
-    p.add_argument("--dropout", type=float, default=d.dropout)
-    p.add_argument(
-        "--max-length",
-        type=int,
-        default=d.max_length,
-        help="tokens kept per text (default: the model's context)",
-    )
-    p.add_argument(
-        "--prompt",
-        default=d.prompt,
-        type=lambda s: s.replace("\\n", "\n"),
-        help="classify each text inside this template, e.g. 'Message: \"{text}\"\\nIs it spam?' "
-        '(one "{text}"; \\n is a newline; truncation cuts the text, never the prompt)',
-    )
-    p.add_argument(
-        "--truncation",
-        default=d.truncation,
-        choices=TRUNCATIONS,
-        help="which tokens a longer text keeps (head+tail: the first and the last half)",
-    )
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument(
-        "--select",
-        default=d.select,
-        choices=["best", "last"],
-        help="the epoch kept: best validation accuracy (default) or the last (as the book)",
-    )
-    p.add_argument(
-        "--batch-size",
-        type=int,
-        default=d.batch_size,
-        help="examples per step and process (global batch = this x processes x --grad-accum)",
-    )
-    p.add_argument(
-        "--bucket",
-        action=argparse.BooleanOptionalAction,
-        default=d.bucket,
-        help="dynamic padding: batches of similar lengths (faster with long-tailed lengths, but "
-        "nearly one class where length predicts the label) or, --no-bucket, random batches",
-    )
-    p.add_argument("--grad-accum", type=int, default=d.grad_accum)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument(
-        "--split-seed",
-        type=int,
-        default=d.split_seed,
-        help="seed of the data split only (default: --seed); fix it to vary only training",
-    )
-    p.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
-    p.add_argument(
-        "--precision",
-        default=d.precision,
-        choices=["fp32", "bf16", "auto"],
-        help="bf16: autocast with fp32 master weights; auto: bf16 where the CPU/GPU runs it "
-        "natively (AVX-512/AMX, Arm BF16, CUDA), else fp32",
-    )
-    p.add_argument("--device", default=d.device, help="auto | cpu | cuda | cuda:N")
-    p.add_argument(
-        "--no-cache",
-        dest="cache",
-        action="store_false",
-        help="recompute frozen lower blocks every step (default: cache them once)",
-    )
-    p.add_argument(
-        "--cache-dir",
-        default=d.cache_dir,
-        help="also keep the frozen-prefix cache in this folder, keyed by weights, settings and "
-        "texts: later runs with the same frozen prefix (other seeds, heads, lrs) skip computing it",
-    )
-    p.add_argument(
-        "--compile",
-        action="store_true",
-        help="torch.compile the training forward (compiles on the first steps; needs a C++ "
-        "compiler on the CPU)",
-    )
-    p.add_argument(
-        "--fsdp",
-        action="store_true",
-        help="under torchrun: shard parameters, gradients and optimizer state (default: DDP)",
-    )
-    p.add_argument(
-        "--out", default="runs/latest", help="checkpoint directory (default runs/latest)"
-    )
-    p.add_argument(
-        "--no-report",
-        dest="report",
-        action="store_false",
-        help="no plots or report.md in the checkpoint directory",
-    )
-    p.add_argument(
-        "--no-progress",
-        dest="progress",
-        action="store_false",
-        default=sys.stderr.isatty(),
-        help="no progress bar (default when not a terminal)",
-    )
+    for f in dataclasses.fields(TrainConfig):
+        add_field_flag(p, f, defaults[f.name])
+
+
+def add_field_flag(p: argparse.ArgumentParser, f: dataclasses.Field, default: object) -> None:
+    meta = f.metadata
+    flag = meta.get("flag", "--" + f.name.replace("_", "-"))
+    kw: dict = {"dest": f.name, "help": meta["help"]}
+    if meta.get("tty_default"):
+        default = sys.stderr.isatty()
+    if f.type == "bool":
+        if meta.get("negatable"):
+            kw.update(action=argparse.BooleanOptionalAction, default=default)
+        else:
+            kw.update(action="store_false" if flag.startswith("--no-") else "store_true")
+            kw["default"] = default
+        p.add_argument(flag, **kw)
+        return
+    if f.type.startswith("list["):
+        kw.update(nargs="+", action="extend")
+    else:
+        kw["type"] = meta.get("parse") or NUMBER_TYPES.get(f.type.split(" | ")[0], str)
+    if "choices" in meta:
+        kw["metavar"] = "{" + ",".join(meta["choices"]) + "}"
+    if "metavar" in meta:
+        kw["metavar"] = meta["metavar"]
+    p.add_argument(flag, default=default, **kw)
+
+
+NUMBER_TYPES = {"int": int, "float": float}
 
 
 def add_column_args(p: argparse.ArgumentParser, default: str | None = None, label=True) -> None:
@@ -214,10 +81,12 @@ def add_column_args(p: argparse.ArgumentParser, default: str | None = None, labe
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from gptclf.train import TrainConfig, fit
+    from gptclf.train_config import TrainConfig
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    from gptclf.train import fit  # torch: after the options are checked
+
     metrics = fit(cfg)
     summary = {
         name: {k: metrics[name][k] for k in ("accuracy", "precision", "recall", "f1", "n")}
@@ -391,7 +260,7 @@ def cmd_experiments_report(args: argparse.Namespace) -> int:
 def add_precision_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--precision",
-        choices=["fp32", "bf16", "int8", "auto"],
+        choices=INFERENCE_PRECISIONS,
         default=None,
         help="inference precision (default: the one it was trained with, but fp32 for bf16 "
         "where this machine has no native bf16); int8 = dynamic quantization of the linear layers",

@@ -15,8 +15,6 @@ import hashlib
 import io
 import json
 import logging
-import os
-import tempfile
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,7 +25,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from gptclf import tables
+from gptclf.choices import BALANCE_MODES, SPLIT_MODES
 from gptclf.errors import GptclfError
+from gptclf.fileio import write_bytes
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
@@ -42,8 +42,6 @@ KNOWN_DATASETS = "sms-spam, sms-spam-uci, or a path to a .csv/.tsv/.jsonl/.parqu
 SPLIT_NAMES = ("train", "validation", "test")
 # auto: book on the SMS data, else stratified. book_full: the book's validation and test, and
 # every other row trains (see split_book_full).
-SPLIT_MODES = ("auto", "book", "book_full", "stratified")
-BALANCE_MODES = ("none", "undersample")
 LABEL_NAMES_FILE = "label_names.json"  # beside the split CSVs, whose labels are 0/1
 DEFAULT_TEXT_COLUMNS = ("Text",)
 DEFAULT_LABEL_COLUMN = "Label"
@@ -113,7 +111,7 @@ def download_sms_spam() -> Path:
     except GptclfError:
         archive.unlink(missing_ok=True)  # download_file would otherwise reuse the bad zip
         raise
-    _atomic_write(target, raw)
+    write_bytes(target, raw)
     logger.info("extracted %s", target)
     return target
 
@@ -231,17 +229,24 @@ def splits_from_config(cfg: dict[str, Any]) -> tuple[LabeledTexts, LabeledTexts,
     )
 
 
-def align_labels(data: LabeledTexts, names: list[str], source: str) -> LabeledTexts:
-    """``data`` with its labels renumbered by ``names``; a label not in ``names`` is an error."""
+def align_labels(
+    data: LabeledTexts, names: list[str], source: str, integer_indices: bool = False
+) -> LabeledTexts:
+    """``data`` with its labels renumbered by ``names``; a label not in ``names`` is an error.
+
+    integer_indices: a label "0", "1", ... that is not a name is that class's index (the integer
+    labels of `gptclf data split` files)."""
     if data.label_names == names:
         return data
-    unknown = sorted({data.label_names[y] for y in data.labels} - set(names))
+    index = {name: i for i, name in enumerate(names)}
+    if integer_indices:
+        index.update({str(i): i for i in range(len(names)) if str(i) not in index})
+    unknown = sorted({data.label_names[y] for y in data.labels} - set(index))
     if unknown:
         raise GptclfError(
             f"{source}: label(s) {', '.join(map(repr, unknown))} do not occur in the training data "
-            f"(its labels: {', '.join(names)})"
+            f"(they are not among its labels: {', '.join(names)})"
         )
-    index = {name: i for i, name in enumerate(names)}
     return LabeledTexts(data.texts, [index[data.label_names[y]] for y in data.labels], list(names))
 
 
@@ -362,14 +367,14 @@ def write_split(
     if not train.label_names == val.label_names == test.label_names:
         raise GptclfError("train, validation and test have different label_names")
     out_dir = Path(out_dir)
-    _atomic_write(out_dir / LABEL_NAMES_FILE, json.dumps(train.label_names).encode("utf-8"))
+    write_bytes(out_dir / LABEL_NAMES_FILE, json.dumps(train.label_names).encode("utf-8"))
     paths = []
     for name, data in zip(SPLIT_NAMES, (train, val, test), strict=True):
         buffer = io.StringIO(newline="")
         writer = csv.writer(buffer, lineterminator="\n")  # pandas' to_csv uses this writer
         writer.writerow(["Label", "Text"])
         writer.writerows(zip(data.labels, data.texts, strict=True))
-        paths.append(_atomic_write(out_dir / f"{name}.csv", buffer.getvalue().encode("utf-8")))
+        paths.append(write_bytes(out_dir / f"{name}.csv", buffer.getvalue().encode("utf-8")))
     return paths[0], paths[1], paths[2]
 
 
@@ -501,17 +506,3 @@ def _zip_member(archive: Path, member: str) -> bytes:
             return zf.read(info)
     except (zipfile.BadZipFile, OSError) as e:
         raise GptclfError(f"{archive}: not a readable zip file ({e})") from e
-
-
-def _atomic_write(path: Path, data: bytes) -> Path:
-    """Write ``data`` to a temporary file next to ``path``, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path

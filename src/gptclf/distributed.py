@@ -30,7 +30,6 @@ from torch import nn
 
 from gptclf.batching import Batch
 from gptclf.errors import GptclfError
-from gptclf.prefix_cache import PrefixCache
 
 log = logging.getLogger(__name__)
 
@@ -154,20 +153,6 @@ def gather_lists(items: list, d: Dist) -> list[list]:
     out: list = [None] * d.world_size
     dist.all_gather_object(out, items)
     return out
-
-
-def gather_cache(cache: PrefixCache, n: int, d: Dist) -> PrefixCache:
-    """The prefix cache of all n examples from each rank's cache of its `shard(n)`: computed once,
-    by one rank each, then exchanged; this rank's own states stay as they are."""
-    if not d.enabled:
-        return cache
-    own = len(range(d.rank, n, d.world_size))
-    states: list[torch.Tensor] = [torch.empty(0)] * n
-    for rank, part in enumerate(gather_lists(cache.states[:own], d)):
-        if rank == d.rank:
-            part = cache.states[:own]
-        states[rank :: d.world_size] = part
-    return type(cache)(states, cache.start)
 
 
 def wrap(model: nn.Module, d: Dist, device: torch.device) -> nn.Module:

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 
-from gptclf.batching import Batch, batches, round_to_eighth
+from gptclf.batching import Batch, sorted_batches
 from gptclf.classifier import SequenceClassifier
-from gptclf.metrics import logit_metrics
 
 if TYPE_CHECKING:
     from gptclf.prefix_cache import PrefixCache
 
 Precision = Literal["fp32", "bf16"]
-PRECISIONS = ("fp32", "bf16", "auto")  # training; auto = bf16 where it runs natively, else fp32
 
 
 def native_bf16(device: torch.device | str) -> bool:
@@ -74,29 +72,9 @@ def predict_logits(
     model.eval()
     device = next(model.parameters()).device  # not head.weight: int8 heads have none
     out = torch.empty(len(ids), model.head.out_features)
-    # Sorted by length so dynamic padding wastes little; results go back to input order.
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    sorted_ids = [ids[i] for i in order]
-    for batch in batches(
-        sorted_ids, [0] * len(ids), batch_size, pad_id, length, round_up=round_to_eighth
-    ):
-        batch.indices = torch.tensor([order[j] for j in batch.indices.tolist()])  # input positions
+    for batch in sorted_batches(ids, batch_size, pad_id, length):
         with autocast(device, precision):
             logits = batch_logits(model, batch.to(device), cache)
         out[batch.indices] = logits.float().cpu()
     model.train(was_training)
     return out
-
-
-def evaluate(
-    model: SequenceClassifier,
-    ids: list[list[int]],
-    labels: list[int],
-    label_names: list[str] | None = None,
-    **kwargs: Any,
-) -> dict[str, Any]:
-    """`metrics.logit_metrics`: accuracy, P/R/F1, AUCs, confusion matrix, n, mean loss.
-
-    kwargs: those of `predict_logits`.
-    """
-    return logit_metrics(predict_logits(model, ids, **kwargs).numpy(), labels, label_names)

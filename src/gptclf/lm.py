@@ -15,12 +15,13 @@ import torch
 from gptclf.config import ModelConfig
 from gptclf.encoder import Encoder
 from gptclf.errors import GptclfError
+from gptclf.fileio import read_json
 from gptclf.model import GPT
 from gptclf.tokenizer import TOKENIZER_FILE, Tokenizer
 from gptclf.weights import registry
 from gptclf.weights.bert import is_bert_config, load_bert_tokenizer, load_hf_bert
 from gptclf.weights.gguf import load_gguf
-from gptclf.weights.hf import load_hf_gpt2, read_json
+from gptclf.weights.hf_gpt2 import load_hf_gpt2
 
 log = logging.getLogger(__name__)
 

@@ -22,14 +22,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gptclf.choices import LORA_SCALINGS, LORA_TARGETS
 from gptclf.errors import GptclfError
 
 log = logging.getLogger(__name__)
 
 LoRAScaling = Literal["alpha_over_rank", "alpha"]
 LoRATargets = Literal["attention", "mlp", "all"]
-LORA_SCALINGS = ("alpha_over_rank", "alpha")
-LORA_TARGETS = ("attention", "mlp", "all")
 LORA_PARAMS = ("lora_A", "lora_B")
 
 

@@ -31,9 +31,10 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch.nn.utils.rnn import pad_sequence
 
-from gptclf.batching import Batch, batches, round_to_eighth
-from gptclf.checkpoint import atomic_write
+from gptclf import distributed
+from gptclf.batching import Batch, sorted_batches
 from gptclf.classifier import SequenceClassifier
+from gptclf.fileio import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -131,19 +132,13 @@ def build_caches(
     device = model.head.weight.device
     caches = {}
     for name, ids in splits.items():
-        # Sorted by length, dynamic batches are nearly pad-free; states return to input order.
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         states: list[torch.Tensor] = [torch.empty(0)] * len(ids)
-        sorted_ids = [ids[i] for i in order]
-        for batch in batches(
-            sorted_ids, [0] * len(ids), batch_size, pad_id, length, round_up=round_to_eighth
-        ):
+        for batch in sorted_batches(ids, batch_size, pad_id, length):
             batch = batch.to(device)
             with autocast():
                 x = model.prefix_states(batch.input_ids, batch.attention_mask, start)
-            for row, j in enumerate(batch.indices.tolist()):
-                keep = length or len(ids[order[j]])
-                states[order[j]] = x[row, :keep].to("cpu", dtype).clone()
+            for row, i in enumerate(batch.indices.tolist()):
+                states[i] = x[row, : length or len(ids[i])].to("cpu", dtype).clone()
         caches[name] = PrefixCache(states, start)
     model.train(was_training)
     seconds = time.perf_counter() - began
@@ -225,3 +220,17 @@ def load_store(
         log.warning("prefix cache %s is unreadable (%s); recomputing it", path, e)
         return None
     return caches
+
+
+def gather_cache(cache: PrefixCache, n: int, d: distributed.Dist) -> PrefixCache:
+    """The prefix cache of all n examples from each rank's cache of its `shard(n)`: computed once,
+    by one rank each, then exchanged; this rank's own states stay as they are."""
+    if not d.enabled:
+        return cache
+    own = len(range(d.rank, n, d.world_size))
+    states: list[torch.Tensor] = [torch.empty(0)] * n
+    for rank, part in enumerate(distributed.gather_lists(cache.states[:own], d)):
+        if rank == d.rank:
+            part = cache.states[:own]
+        states[rank :: d.world_size] = part
+    return type(cache)(states, cache.start)

@@ -12,12 +12,12 @@ import csv
 import io
 import json
 import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from gptclf.errors import GptclfError
+from gptclf.fileio import temp_beside
 
 FORMATS = {
     ".csv": "csv",
@@ -251,11 +251,7 @@ class TableWriter:
         self.path = Path(path)
         self.kind = table_format(self.path, WRITE_FORMATS)
         self.columns = list(columns)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(
-            dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp"
-        )
-        self._tmp = Path(tmp)
+        fd, self._tmp = temp_beside(self.path)
         self._file = os.fdopen(fd, "w", encoding="utf-8", newline="")
         if self.kind != "jsonl":
             self._csv = csv.writer(self._file, delimiter="\t" if self.kind == "tsv" else ",")

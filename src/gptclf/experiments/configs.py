@@ -43,11 +43,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from gptclf.batching import PADDING_MODES
-from gptclf.classifier import POOL_MODES
 from gptclf.errors import GptclfError
-from gptclf.lora import LORA_SCALINGS, LORA_TARGETS
-from gptclf.train import RECIPES, TrainConfig
+from gptclf.train_config import RECIPES, TrainConfig
 
 
 @dataclass(frozen=True)
@@ -387,24 +384,18 @@ def validate(exp: Experiment) -> TrainConfig:
     where = f"experiment {exp.name!r}"
     if exp.question not in (*QUESTIONS, BASELINE_QUESTION):
         raise GptclfError(f"{where}: unknown question {exp.question!r}")
-    unknown = set(exp.overrides) - {f.name for f in dataclasses.fields(TrainConfig)}
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    unknown = set(exp.overrides) - set(fields)
     if unknown:
         raise GptclfError(f"{where}: not TrainConfig fields: {', '.join(sorted(unknown))}")
-    cfg = exp.train_config()
-    if exp.method == "tfidf":
-        return cfg
-    if cfg.model not in KNOWN_MODELS:
+    for name, value in exp.overrides.items():  # the choices TrainConfig checks, named per row
+        known = fields[name].metadata.get("choices")
+        if known is not None and value not in known:
+            raise GptclfError(f"{where}: {name} {value!r} is not one of {', '.join(known)}")
+    try:
+        cfg = exp.train_config()
+    except GptclfError as exc:
+        raise GptclfError(f"{where}: {exc}") from None
+    if exp.method != "tfidf" and cfg.model not in KNOWN_MODELS:
         raise GptclfError(f"{where}: unknown model {cfg.model!r}")
-    if cfg.weights not in ("pretrained", "random"):
-        raise GptclfError(f"{where}: weights must be pretrained or random")
-    for flag, value, known in (
-        ("pool", cfg.pool, POOL_MODES),
-        ("padding", cfg.padding, PADDING_MODES),
-        ("lora_targets", cfg.lora_targets, LORA_TARGETS),
-        ("lora_scaling", cfg.lora_scaling, LORA_SCALINGS),
-    ):
-        if value not in known:
-            raise GptclfError(f"{where}: {flag} {value!r} is not one of {', '.join(known)}")
-    if not re.fullmatch(r"head|all|lora|last_block|last_two_blocks|last_\d+", cfg.trainable):
-        raise GptclfError(f"{where}: unknown trainable spec {cfg.trainable!r}")
     return cfg

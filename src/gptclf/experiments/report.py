@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 
-from gptclf.checkpoint import atomic_write
 from gptclf.data import resolve_split, splits_from_config
 from gptclf.experiments.configs import (
     BASELINE_QUESTION,
@@ -31,7 +30,8 @@ from gptclf.experiments.configs import (
     Question,
 )
 from gptclf.experiments.runner import default_results_dir, load_results, repo_root, skip_reason
-from gptclf.train import TrainConfig
+from gptclf.fileio import atomic_write
+from gptclf.train_config import TrainConfig
 
 log = logging.getLogger(__name__)
 _DEFAULTS = TrainConfig()

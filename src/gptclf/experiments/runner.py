@@ -22,13 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from gptclf import train
-from gptclf.checkpoint import write_json
 from gptclf.errors import GptclfError
 from gptclf.experiments.configs import EXPERIMENTS, SPLIT_SEED, Experiment, select, validate
-from gptclf.train import TrainConfig
+from gptclf.fileio import write_json
+from gptclf.train_config import TrainConfig
 
 log = logging.getLogger(__name__)
-_TRAIN_FIELDS = {f.name for f in dataclasses.fields(train.TrainConfig)}
+_TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 
 DEFAULT_SEEDS = (123, 124, 125)
 FORMAT = 1  # of the result files

@@ -18,8 +18,8 @@ from tokenizers import Tokenizer as HFTokenizer
 
 from gptclf.config import ModelConfig
 from gptclf.errors import GptclfError
+from gptclf.fileio import read_json, read_safetensors
 from gptclf.tokenizer import Tokenizer
-from gptclf.weights.hf import read_json, read_safetensors
 
 # HF key (without `bert.`) -> our key in `encoder.Encoder`.
 WEIGHT_MAP: dict[str, str | None] = {

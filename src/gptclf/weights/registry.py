@@ -172,10 +172,10 @@ def extract_archive(model: KnownModel, zip_path: Path) -> Path:
     the archive's directory.
     """
     import os
-    import tempfile
     import zipfile
 
     from gptclf.download import sha256_file
+    from gptclf.fileio import temp_beside
 
     source = model.archive
     actual = sha256_file(zip_path)
@@ -188,7 +188,7 @@ def extract_archive(model: KnownModel, zip_path: Path) -> Path:
             for member in source.members:
                 if Path(member).name != member or member in ("", ".", ".."):
                     raise GptclfError(f"zip member {member!r} is not a plain file name")
-                fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{member}.", suffix=".tmp")
+                fd, tmp = temp_beside(directory / member)
                 try:
                     with os.fdopen(fd, "wb") as out, archive.open(member) as src:
                         while block := src.read(1 << 20):  # zipfile checks the CRC at the end

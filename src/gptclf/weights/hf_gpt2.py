@@ -8,15 +8,14 @@ them as (in, out); see transformers' `pytorch_utils.Conv1D`).
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from gptclf.config import PRESETS, ModelConfig
 from gptclf.errors import GptclfError
+from gptclf.fileio import read_json, read_safetensors, write_json
 
 # GPT-2's Conv1D layers store weight as (in_features, out_features): the transpose of nn.Linear.
 CONV1D_WEIGHTS = (
@@ -87,27 +86,8 @@ def save_hf_gpt2(directory: Path, config: ModelConfig, state: dict[str, torch.Te
         for key, tensor in state.items()
         if not (key == "lm_head.weight" and config.tie_embeddings)  # tied: wte.weight
     }
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "config.json").write_text(json.dumps(hf_config, indent=2))
+    write_json(directory / "config.json", hf_config)
     save_file(hf_state, str(directory / "model.safetensors"), metadata={"format": "pt"})
-
-
-def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise GptclfError(f"missing weights file {path}")
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise GptclfError(f"cannot read {path} (corrupt or not safetensors): {exc}") from None
-
-
-def read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise GptclfError(f"missing file {path}") from None
-    except (OSError, ValueError) as exc:
-        raise GptclfError(f"cannot read {path}: {exc}") from None
 
 
 def load_hf_gpt2(

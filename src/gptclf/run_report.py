@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gptclf.checkpoint import atomic_write
+from gptclf.fileio import atomic_write
 from gptclf.metrics import pr_curve, roc_curve
 
 if TYPE_CHECKING:

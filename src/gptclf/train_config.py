@@ -1,0 +1,280 @@
+"""`TrainConfig`: every training option, defined once, with its help text, choices and checks.
+
+Defaults are the book's chapter 6; `RECIPES` are named override tables (`book`, `smollm2`). The
+`gptclf train` flags are generated from the fields (`cli.add_train_args`), and `__post_init__`
+checks every value, so the Python API and the command line reject the same bad values with the
+same message, before any data or model is loaded. No torch here: `gptclf train --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from typing import Any
+
+from gptclf import choices
+from gptclf.errors import GptclfError
+
+
+def option(default: Any, help: str = "", **cli: Any) -> Any:
+    """A field with its command-line description. `cli` keys: choices (checked in
+    `__post_init__`), flag (the flag's name when it is not --field-name: `--no-x` flags store
+    False), metavar, negatable (--x/--no-x), parse (a str -> value function), tty_default (the
+    CLI default is whether stderr is a terminal)."""
+    return dataclasses.field(default=default, metadata={"help": help, **cli})
+
+
+def unescape_newlines(text: str) -> str:
+    """`\\n` typed on a command line is a newline (prompt templates span lines)."""
+    return text.replace("\\n", "\n")
+
+
+@dataclass
+class TrainConfig:
+    model: str = option(
+        "gpt2-small", "model name (see `gptclf models`), HF directory or .gguf file"
+    )
+    weights: str = option(
+        "pretrained",
+        "pretrained, or random: the same architecture from a random init",
+        choices=choices.WEIGHTS,
+    )
+    data: str = option(
+        "sms-spam", "sms-spam | sms-spam-uci | a .csv/.tsv/.jsonl/.parquet file | a split directory"
+    )
+    text_columns: list[str] | None = option(
+        None,
+        "text column(s), several joined by a newline; if not given: Text",
+        flag="--text-column",
+        metavar="COLUMN",
+    )
+    label_column: str | None = option(None, "label column; if not given: Label", metavar="COLUMN")
+    validation: str | None = option(
+        None, "validation file; if not given: split off --data", metavar="FILE"
+    )
+    test: str | None = option(None, "test file; if not given: split off --data", metavar="FILE")
+    split: str = option(
+        "auto",
+        "auto: book on sms-spam, else stratified (with --seed); book_full: the book's "
+        "validation/test, every other row trains",
+        choices=choices.SPLIT_MODES,
+    )
+    balance: str = option(
+        "none",
+        "undersample: cut every class of the training split to the rarest one's size",
+        choices=choices.BALANCE_MODES,
+    )
+    class_weights: str = option(
+        "none",
+        "cross-entropy weights per class (auto: inverse class frequency)",
+        metavar="auto|none|W1,W2,...",
+    )
+    trainable: str = option("last_block", choices.TRAINABLE_HELP)
+    lora_rank: int = option(8, "with --trainable lora: the adapters' rank")
+    lora_alpha: float = option(16.0, "with --trainable lora: the adapters' alpha")
+    lora_targets: str = option(
+        "all",
+        "the linears that get adapters (the book's bonus code wraps every one)",
+        choices=choices.LORA_TARGETS,
+    )
+    lora_scaling: str = option(
+        "alpha_over_rank",
+        "update scale: alpha/rank (default) or alpha (the book's bonus code)",
+        choices=choices.LORA_SCALINGS,
+    )
+    lora_blocks: int | None = option(
+        None,
+        "adapters in the last N blocks only (default: every block); the frozen blocks "
+        "below them are computed once per text (prefix cache)",
+        metavar="N",
+    )
+    pool: str = option(
+        "last",
+        "which token feeds the head: last position (pads included), last real token, "
+        "first, cls, or the mean over real tokens",
+        choices=choices.POOL_MODES,
+    )
+    padding: str = option(
+        "longest",
+        "longest: to the longest training text; max_context: to the context, or "
+        "--max-length if shorter; dynamic: per batch",
+        choices=choices.PADDING_MODES,
+    )
+    causal: bool = option(
+        True, "let every token attend to every real token", flag="--no-causal-mask"
+    )
+    dropout: float = option(0.0, "dropout probability in the backbone")
+    max_length: int | None = option(None, "tokens kept per text (default: the model's context)")
+    truncation: str = option(
+        "head",
+        "which tokens a longer text keeps (head+tail: the first and the last half)",
+        choices=choices.TRUNCATIONS,
+    )
+    prompt: str | None = option(
+        None,
+        'classify each text inside this template, e.g. \'Message: "{text}"\\nIs it '
+        'spam?\' (one "{text}"; \\n is a newline; truncation cuts the text, never the prompt)',
+        parse=unescape_newlines,
+    )
+    epochs: int = option(5, "training epochs")
+    select: str = option(
+        "best",
+        "the epoch kept: best validation accuracy (default) or the last (as the book)",
+        choices=choices.SELECT_MODES,
+    )
+    batch_size: int = option(
+        8, "examples per step and process (global batch = this x processes x --grad-accum)"
+    )
+    bucket: bool = option(
+        True,
+        "dynamic padding: batches of similar lengths (faster with long-tailed lengths, "
+        "but nearly one class where length predicts the label) or, --no-bucket, random batches",
+        negatable=True,
+    )
+    grad_accum: int = option(1, "steps whose gradients add up before each optimizer step")
+    lr: float = option(5e-5, "AdamW learning rate")
+    weight_decay: float = option(0.1, "AdamW weight decay (matrices only)")
+    seed: int = option(123, "seed of the initialisation, the batches and the split")
+    split_seed: int | None = option(
+        None, "seed of the data split only (default: --seed); fix it to vary only training"
+    )
+    eval_batch_size: int = option(32, "examples per evaluation batch")
+    precision: str = option(
+        "fp32",
+        "bf16: autocast with fp32 master weights; auto: bf16 where the CPU/GPU runs it "
+        "natively (AVX-512/AMX, Arm BF16, CUDA), else fp32",
+        choices=choices.PRECISIONS,
+    )
+    device: str = option("auto", "auto | cpu | cuda | cuda:N")
+    cache: bool = option(
+        True,
+        "recompute frozen lower blocks every step (default: cache them once)",
+        flag="--no-cache",
+    )
+    cache_dir: str | None = option(
+        None,
+        "also keep the frozen-prefix cache in this folder, keyed by weights, settings and "
+        "texts: later runs with the same frozen prefix (other seeds, heads, lrs) skip computing it",
+    )
+    compile: bool = option(
+        False,
+        "torch.compile the training forward (compiles on the first steps; needs a C++ "
+        "compiler on the CPU)",
+    )
+    fsdp: bool = option(
+        False, "under torchrun: shard parameters, gradients and optimizer state (default: DDP)"
+    )
+    out: str | None = option(
+        "runs/latest", "checkpoint directory (in Python, out=None writes nothing)"
+    )
+    report: bool = option(
+        True, "no plots or report.md in the checkpoint directory", flag="--no-report"
+    )
+    progress: bool = option(
+        True,
+        "no progress bar (default when not a terminal)",
+        flag="--no-progress",
+        tty_default=True,
+    )
+
+    def __post_init__(self) -> None:
+        if isinstance(self.text_columns, str):  # a single column given as a string
+            self.text_columns = [self.text_columns]
+        for name in PATH_FIELDS:  # pathlib paths work too; the config is stored as JSON
+            if isinstance(getattr(self, name), os.PathLike):
+                setattr(self, name, os.fspath(getattr(self, name)))
+        for f in dataclasses.fields(self):
+            check_field(f, getattr(self, f.name))
+        check_values(self)
+
+
+def flag_name(f: dataclasses.Field) -> str:
+    """The flag that sets field `f` (for messages; --no-x flags are named by their field)."""
+    flag = f.metadata.get("flag", "")
+    return flag if flag and not flag.startswith("--no-") else "--" + f.name.replace("_", "-")
+
+
+def check_field(f: dataclasses.Field, value: Any) -> None:
+    """A field's value against its declared choices and type (numbers finite, counts >= 1)."""
+    flag = flag_name(f)
+    known = f.metadata.get("choices")
+    if known is not None and value not in known:
+        raise GptclfError(f"{flag} must be one of {', '.join(known)}, got {value!r}")
+    if isinstance(value, bool) or value is None:
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise GptclfError(f"{flag} must be a finite number, got {value}")
+    if isinstance(value, int) and f.name in COUNTS and value < 1:
+        raise GptclfError(f"{flag} must be at least 1")
+
+
+PATH_FIELDS = ("model", "data", "validation", "test", "cache_dir", "out")
+# Integer fields that count something: at least 1.
+COUNTS = {
+    "lora_rank", "lora_blocks", "max_length", "epochs", "batch_size", "grad_accum",
+    "eval_batch_size",
+}  # fmt: skip
+
+
+def check_values(cfg: TrainConfig) -> None:
+    """What a field's type and choices do not say."""
+    if cfg.lr <= 0:
+        raise GptclfError("--lr must be positive")
+    if cfg.weight_decay < 0:
+        raise GptclfError("--weight-decay must be at least 0")
+    if cfg.lora_alpha <= 0:
+        raise GptclfError("--lora-alpha must be positive")
+    if not 0 <= cfg.dropout < 1:
+        raise GptclfError(f"--dropout must be in [0, 1), got {cfg.dropout}")
+    if not re.fullmatch(choices.TRAINABLE_PATTERN, cfg.trainable):
+        raise GptclfError(
+            f"unknown trainable spec {cfg.trainable!r}; expected {choices.TRAINABLE_HELP}"
+        )
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.device):
+        raise GptclfError(f"unknown device {cfg.device!r}; expected auto, cpu, cuda or cuda:N")
+    if cfg.compile and not has_cpp_compiler():
+        raise GptclfError(
+            "--compile needs a C++ compiler for Inductor (g++ or clang++, or set CXX)"
+        )
+    if cfg.out is not None and os.path.exists(cfg.out) and not os.path.isdir(cfg.out):
+        raise GptclfError(f"--out {cfg.out} is a file, not a directory")
+    from gptclf.balance import parse_class_weights  # numpy; imported when a config is built
+    from gptclf.tokenizer import split_prompt
+
+    parse_class_weights(cfg.class_weights)
+    if cfg.prompt is not None:
+        split_prompt(cfg.prompt)  # exactly one "{text}"
+
+
+def has_cpp_compiler() -> bool:
+    """Inductor compiles C++ for the CPU (and its CUDA wrappers): without one, torch.compile
+    fails on the first step with a long traceback."""
+    return any(shutil.which(c) for c in (os.environ.get("CXX", ""), "g++", "clang++", "c++") if c)
+
+
+# Named sets of defaults; explicit flags and options override them. "book" = the TrainConfig
+# defaults (the book's chapter 6). "smollm2" = the main job (the `tuning` rows of RESULTS.md).
+RECIPES: dict[str, dict[str, Any]] = {
+    "book": {},
+    "smollm2": dict(
+        model="smollm2-135m",
+        pool="last_real",
+        padding="dynamic",
+        precision="auto",  # bf16 where the CPU/GPU runs it natively, else fp32 (inference.py)
+        trainable="last_two_blocks",
+        lr=2e-4,
+        bucket=False,  # random batches: 97.89 +- 0.19% vs 96.89 +- 1.17% bucketed (RESULTS.md)
+    ),
+}
+
+
+def recipe_defaults(recipe: str) -> dict[str, Any]:
+    """Every field's default under `recipe` (no checks: `--help` shows them)."""
+    if recipe not in RECIPES:
+        raise GptclfError(f"--recipe must be one of {', '.join(RECIPES)}, got {recipe!r}")
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    return {**defaults, **RECIPES[recipe]}
