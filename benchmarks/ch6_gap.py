@@ -24,10 +24,10 @@ RESULTS = ROOT / "benchmarks" / "results" / "ch6_gap"
 DEFAULTS = dict(pool="last_real", padding="dynamic", precision="bf16")
 BOOK_MATH = dict(pool="last", padding="longest")
 
-# variant -> (what differs from ch6_ours, TrainConfig overrides, patches applied in the worker)
+# variant -> (what differs from ch6_ours, TrainConfig overrides, book behaviours as TrainParts)
 VARIANTS: dict[str, tuple[str, dict, tuple[str, ...]]] = {
     "decay_all": ("weight decay on norms and biases too", DEFAULTS, ("decay_all",)),
-    "no_bucket": ("batches not bucketed by length", DEFAULTS, ("no_bucket",)),
+    "no_bucket": ("batches not bucketed by length", {**DEFAULTS, "bucket": False}, ()),
     "last_epoch": ("the last epoch kept (`--select last`)", {**DEFAULTS, "select": "last"}, ()),
     "book_padding_bf16": (
         "last position, padding to the longest training text",
@@ -42,35 +42,24 @@ VARIANTS: dict[str, tuple[str, dict, tuple[str, ...]]] = {
 }
 
 
-def apply_patches(patches: tuple[str, ...]) -> None:
-    """Book behaviours gptclf has no flag for (they are not worth one: see the section)."""
+def book_parts(patches: tuple[str, ...]):
+    """`TrainParts` with book behaviours gptclf has no flag for (not worth one: see the section)."""
     import torch
 
-    from gptclf import batching, train
+    from gptclf.train import TrainParts
 
-    if "no_bucket" in patches:
-        unbucketed = batching.batches
+    def make_optimizer(model, cfg):  # the book: one group, every parameter decays
+        params = [p for p in model.parameters() if p.requires_grad]
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
-        def batches(*args, **kwargs):
-            return unbucketed(*args, **{**kwargs, "bucket": False})
-
-        batching.batches = batches
-    if "decay_all" in patches:
-
-        def make_optimizer(model, cfg):  # the book: one group, every parameter decays
-            params = [p for p in model.parameters() if p.requires_grad]
-            return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-        train.make_optimizer = make_optimizer
+    return TrainParts(optimizer=make_optimizer) if "decay_all" in patches else TrainParts()
 
 
 def worker(variant: str, seed: int, out: Path) -> None:
-    import speed
+    import ch6_setup
 
     _, overrides, patches = VARIANTS[variant]
-    speed.SEED = seed
-    apply_patches(patches)
-    result = speed._ours_from_book_weights(**overrides)
+    result = ch6_setup.ours_from_book_weights(seed, book_parts(patches), **overrides)
     result.update(variant=variant, seed=seed)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")

@@ -46,12 +46,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ch6_gap  # noqa: E402
+import ch6_setup  # noqa: E402
+from ch6_setup import EPOCHS, WORK, book_gpt2_classifier  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "speed"
-WORK = ROOT / "benchmarks" / ".work"  # generated weights/splits; not committed
 REPORT = ROOT / "docs" / "BENCHMARKS.md"
-EPOCHS = 5
 # Seed of the chapter-6 runs (random weights, head, shuffling): 123 + the repetition, on both
 # sides, so repetitions measure seed-to-seed accuracy noise as well as timing noise.
 SEED = 123
@@ -79,30 +79,6 @@ def encoded_book_split(tok=None):
 
 
 # ---------------------------------------------------------------- training recipes
-
-
-# The book's GPT_CONFIG_124M with the chapter-6 settings: no dropout, q/k/v biases.
-BOOK_GPT2 = {
-    "vocab_size": 50257,
-    "context_length": 1024,
-    "emb_dim": 768,
-    "n_heads": 12,
-    "n_layers": 12,
-    "drop_rate": 0.0,
-    "qkv_bias": True,
-}
-
-
-def book_gpt2_classifier():
-    """The book's GPTModel with random weights (seed SEED) and its class head: `out_head` replaced
-    by `nn.Linear(768, 2)`, drawn right after the model, as in bench_ch6_book."""
-    import torch
-    from llms_from_scratch.ch04 import GPTModel
-
-    torch.manual_seed(SEED)
-    model = GPTModel(BOOK_GPT2)
-    model.out_head = torch.nn.Linear(BOOK_GPT2["emb_dim"], 2)
-    return model
 
 
 def book_ch6_loop(model, tok, trainable) -> dict:
@@ -152,7 +128,7 @@ def book_ch6_loop(model, tok, trainable) -> dict:
 
 
 def bench_ch6_book() -> dict:
-    model = book_gpt2_classifier()  # seeds SEED; building the loaders draws no random numbers
+    model = book_gpt2_classifier(SEED)  # seeds SEED; building the loaders draws no random numbers
     return book_ch6_loop(model, None, [model.trf_blocks[-1], model.final_norm])
 
 
@@ -163,75 +139,16 @@ def bench_ch6_book_smollm2() -> dict:
     return book_ch6_loop(model, tok, [model.trf_blocks[-1], model.final_norm])
 
 
-def book_gpt2_weights() -> Path:
-    """bench_ch6_book's starting point for ours: the book model's random weights converted to our
-    keys and saved in the HF GPT-2 layout (a model directory `fit` loads), plus its class head."""
-    import dataclasses
-
-    from safetensors.torch import save_file
-
-    from gptclf.tokenizer import installed_gpt2_bpe_files
-    from gptclf.weights.book import config_from_book, convert_book_gpt
-    from gptclf.weights.hf_gpt2 import save_hf_gpt2
-
-    out = WORK / f"gpt2-small-book-random-seed{SEED}"
-    if not (out / "class_head.safetensors").exists():
-        book = book_gpt2_classifier()
-        state = convert_book_gpt(
-            {k: v for k, v in book.state_dict().items() if not k.startswith("out_head.")}
-        )
-        # No LM head to save (the class head replaced it): declare it tied, as GPT-2's is.
-        config = dataclasses.replace(config_from_book(BOOK_GPT2), tie_embeddings=True)
-        save_hf_gpt2(out, config, state)
-        encoder, merges = installed_gpt2_bpe_files()
-        shutil.copy(encoder, out / "vocab.json")
-        shutil.copy(merges, out / "merges.txt")
-        save_file(book.out_head.state_dict(), str(out / "class_head.safetensors"))
-    return out
-
-
-def _ours(**overrides) -> dict:
-    from gptclf.train import TrainConfig, fit
-
-    start = time.perf_counter()
-    m = fit(TrainConfig(progress=False, epochs=EPOCHS, **overrides))
-    return {
-        "seconds": time.perf_counter() - start,
-        "test_accuracy": m["test"]["accuracy"],
-        "validation_accuracy": m["validation"]["accuracy"],
-        "cache_seconds": m["cache_seconds"],
-    }
-
-
-def _ours_from_book_weights(**overrides) -> dict:
-    """`_ours` from exactly the book's random weights and class head (book_gpt2_weights)."""
-    from safetensors.torch import load_file
-
-    directory = book_gpt2_weights()
-    head = load_file(directory / "class_head.safetensors")
-    return _ours_with_head(head, model=str(directory), seed=SEED, **overrides)
-
-
-def _ours_with_head(head: dict, **overrides) -> dict:
-    """`_ours` with the class head's initial weights given (the book side's)."""
-    from gptclf import train
-
-    class BookHeadClassifier(train.SequenceClassifier):
-        # fit() draws a fresh head; the book's was drawn after its model, from another RNG state.
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.head.load_state_dict(head)
-
-    train.SequenceClassifier = BookHeadClassifier  # this worker process runs one benchmark only
-    return _ours(**overrides)
-
-
 def bench_ch6_ours() -> dict:
-    return _ours_from_book_weights(pool="last_real", padding="dynamic", precision="bf16")
+    return ch6_setup.ours_from_book_weights(
+        SEED, pool="last_real", padding="dynamic", precision="bf16"
+    )
 
 
 def bench_ch6_ours_book_recipe() -> dict:
-    return _ours_from_book_weights(pool="last", padding="longest", precision="bf16", select="last")
+    return ch6_setup.ours_from_book_weights(
+        SEED, pool="last", padding="longest", precision="bf16", select="last"
+    )
 
 
 def bench_ch6_ours_smollm2() -> dict:
@@ -241,8 +158,9 @@ def bench_ch6_ours_smollm2() -> dict:
     model, _ = book_llama.book_smollm2_classifier(SEED)
     head = {k: v.clone() for k, v in model.out_head.state_dict().items()}
     del model
-    return _ours_with_head(
+    return ch6_setup.ours_with_head(
         head,
+        None,
         model="smollm2-135m",
         seed=SEED,
         pool="last_real",
@@ -254,7 +172,7 @@ def bench_ch6_ours_smollm2() -> dict:
 def bench_main_smollm2() -> dict:
     from gptclf.train import RECIPES
 
-    return _ours(**RECIPES["smollm2"])
+    return ch6_setup.ours(**RECIPES["smollm2"])
 
 
 # ---------------------------------------------------------------- inference

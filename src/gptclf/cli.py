@@ -279,7 +279,14 @@ def build_parser(recipe: str = "book") -> argparse.ArgumentParser:
     )
     add_train_args(p, recipe)
     p.set_defaults(func=cmd_train)
+    add_inference_commands(sub)
+    add_data_commands(sub)
+    add_experiments_commands(sub)
+    return parser
 
+
+def add_inference_commands(sub) -> None:
+    """evaluate, predict, serve: what reads a trained classifier."""
     p = sub.add_parser("evaluate", help="print metrics of a saved classifier as JSON")
     p.add_argument("checkpoint")
     add_precision_arg(p)
@@ -332,6 +339,9 @@ def build_parser(recipe: str = "book") -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.set_defaults(func=cmd_serve)
 
+
+def add_data_commands(sub) -> None:
+    """data split, models, download."""
     p = sub.add_parser("data", help="dataset utilities")
     data_sub = p.add_subparsers(dest="data_command", required=True)
     p = data_sub.add_parser("split", help="write train/validation/test.csv (Label,Text)")
@@ -348,6 +358,8 @@ def build_parser(recipe: str = "book") -> argparse.ArgumentParser:
     p.add_argument("name")
     p.set_defaults(func=cmd_download)
 
+
+def add_experiments_commands(sub) -> None:
     p = sub.add_parser("experiments", help="the results table: named runs, cached, and the report")
     exp_sub = p.add_subparsers(dest="experiments_command", required=True)
     p = exp_sub.add_parser(
@@ -372,7 +384,6 @@ def build_parser(recipe: str = "book") -> argparse.ArgumentParser:
     p.add_argument("--results", metavar="DIR", help="result cache (default experiments/results)")
     p.add_argument("--out", metavar="FILE", help="Markdown file (default docs/RESULTS.md)")
     p.set_defaults(func=cmd_experiments_report)
-    return parser
 
 
 def lost_peer(exc: Exception) -> bool:
