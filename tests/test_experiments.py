@@ -510,3 +510,60 @@ def test_size_trend_lists_rows_that_differ_only_in_the_model():
     )
     assert report.size_trend([tiny, small])[0].endswith("rises with every step in size.")
     assert report.size_trend([small, other]) == []  # no two rows differ only in the model
+
+
+def test_tuning_rows_are_the_old_recipe_search():
+    """The rows of benchmarks/tune_smollm2.py's grid, on its BASE and the TrainConfig defaults it
+    ran with (length-bucketed batches, the book split of seed 123)."""
+    base = dict(model="smollm2-135m", pool="last_real", padding="dynamic", precision="bf16",
+                epochs=5)  # fmt: skip
+    grid = {
+        "tune-last-block-lr5e-4": dict(trainable="last_block", lr=5e-4),
+        "tune-last-block-lr2e-4": dict(trainable="last_block", lr=2e-4),
+        "tune-last-two-blocks-lr2e-4": dict(trainable="last_two_blocks", lr=2e-4),
+        "tune-last-4-lr2e-4": dict(trainable="last_4", lr=2e-4),
+        "tune-last-block-lr1e-3": dict(trainable="last_block", lr=1e-3),
+        "tune-last-block-lr5e-4-mean": dict(trainable="last_block", lr=5e-4, pool="mean"),
+        "tune-last-4-lr1e-4": dict(trainable="last_4", lr=1e-4),
+        "tune-last-4-lr5e-4": dict(trainable="last_4", lr=5e-4),
+    }
+    rows = [e for e in EXPERIMENTS.values() if e.question == "tuning"]
+    assert [e.name for e in rows] == list(grid) and QUESTIONS["tuning"].search
+    for exp in rows:
+        ran = TrainConfig(**{**base, **grid[exp.name]}, bucket=True,  # the default it ran with
+                          out=None, report=False, progress=False, split_seed=123)  # fmt: skip
+        assert exp.train_config() == ran, exp.name
+        assert exp.cpu_minutes and "tune_smollm2.jsonl" in exp.note, exp.name
+    assert not any(q.search for qid, q in QUESTIONS.items() if qid != "tuning")
+
+
+def test_a_search_chooses_on_validation_never_on_test():
+    def row(name, val_acc, val_loss, wrong, **overrides):
+        exp = Experiment(name, "tuning", name, {"trainable": "last_block", "lr": 2e-4, **overrides})
+        records = [synthetic_record(name, s, wrong, n=100) for s in (1, 2)]
+        for rec in records:
+            rec["metrics"]["validation"] = {"n": 149, "accuracy": val_acc, "loss": val_loss}
+        return report.Row(exp, records)
+
+    best_test = row("best-test", 0.99, 0.05, [], lr=1e-3)  # best on test, not on validation
+    tied = row("tied", 1.0, 0.20, [1, 2, 3], trainable="last_two_blocks")
+    chosen = row("chosen", 1.0, 0.10, [1, 2])  # same validation accuracy, lower loss
+    never = report.Row(Experiment("never", "tuning", "never", {"lr": 5e-4}))
+    recipe = Experiment("recipe", "trainable", "recipe", {"trainable": "last_two_blocks",
+                                                          "lr": 2e-4})  # fmt: skip
+    text = " ".join(report.choice([best_test, tied, chosen, never], recipe))
+    assert "Selection is by validation accuracy" in text and "never used to choose" in text
+    assert "By that rule: chosen 100.00% (loss 0.1000, 2 seeds); tied 100.00% (loss 0.2000" in text
+    assert "The choice is chosen (`chosen`), tied on validation accuracy with tied" in text
+    assert "its test accuracy is 98.00 ± 0.00%" in text and "One of the 149 validation" in text
+    assert "1 of the 4 rows have no results yet" in text
+    differ = "`recipe` recipe differs from the choice in trainable (last_two_blocks, the choice"
+    assert f"{differ} last_block)." in text
+    same = " ".join(
+        report.choice([chosen, best_test], Experiment("r", "t", "r", chosen.exp.overrides))
+    )
+    assert "`r` recipe has the choice's lr." in same and "no results yet" not in same
+    del chosen.records[0]["metrics"]["validation"]  # a run without validation metrics
+    text = " ".join(report.choice([chosen, best_test]))
+    assert "The choice is best-test" in text and "not ranked: chosen" in text
+    assert "nothing is chosen" in " ".join(report.choice([never]))

@@ -13,13 +13,17 @@ References:
   of it.
 - `BOOK` = the `TrainConfig` defaults (the book's chapter 6: GPT-2 small, last token, longest
   padding, fp32, lr 5e-5); the pretrained GPT-2 rows use it, so they are the book's rows exactly.
+- `_SEARCH` = the search that chose the recipe (question `tuning`, once
+  `benchmarks/tune_smollm2.py`): SmolLM2-135M in bf16 with length-bucketed batches, as it ran.
 
 Epochs, and what the table costs on a 2-core CPU (`cpu_minutes`, per seed, fp32: the measured time
 where the row ran, frozen-prefix cache included: an AVX2 AMD EPYC for most rows, an AVX512 one for
 smollm2-all, smollm2-lora, smollm2-pad-longest, minilm-all-full-train, gpt2-small-random and
 gpt2-medium-random;
 otherwise estimated from `benchmarks/results/tune_smollm2.jsonl` (bf16 on a bf16-native
-CPU) times ~2.4, what fp32 costs against native bf16):
+CPU) times ~2.4, what fp32 costs against native bf16. Rows that train in bf16 (smollm2-bf16,
+the search's) give a bf16 time on a bf16-native CPU instead, the search's rows their own seed-123
+time in that file; `gptclf experiments list` warns where bf16 is emulated):
 - Rows whose trainable part sits on top of frozen blocks (head, last block, last two blocks, LoRA
   in the last blocks, any pooling, padding or mask) are cheap: the prefix cache runs the frozen blocks once per example,
   and each epoch only runs the trainable top. They keep the book's 5 epochs.
@@ -31,8 +35,8 @@ CPU) times ~2.4, what fp32 costs against native bf16):
   tuned for one block).
 - Random-init rows train every layer from scratch, 2 epochs each, at the recipe's lr 2e-4.
 - `gpu_only` rows would take many hours (or days) on that CPU; the runner skips them without CUDA.
-Everything runnable offline adds up to about 190 minutes per seed (`gptclf experiments list` sums
-the estimates). Pretrained GPT-2 rows run only where their
+Everything runnable offline adds up to about 260 minutes per seed, 72 of them the search's
+(`gptclf experiments list` sums the estimates). Pretrained GPT-2 rows run only where their
 weights are cached.
 """
 
@@ -52,6 +56,9 @@ class Question:
     title: str  # section heading in docs/RESULTS.md
     text: str  # what it asks, one sentence
     references: tuple[str, ...] = ()  # rows of other questions shown in its table for comparison
+    # A search: its rows compete on validation accuracy (ties: validation loss) and the report
+    # names the winner; test accuracy is shown, never used to choose.
+    search: bool = False
 
 
 QUESTIONS: dict[str, Question] = {
@@ -115,6 +122,16 @@ QUESTIONS: dict[str, Question] = {
         "as an answer to the question (PromptEOL-style). Truncation never cuts the prompt.",
         references=("smollm2",),
     ),
+    "tuning": Question(
+        "Which recipe for SmolLM2?",
+        "Which blocks train, the learning rate, the pooling: the search that chose the "
+        "`smollm2` recipe, with its settings of the time (bf16, length-bucketed batches; the "
+        "recipe later took random batches and `precision=auto`, rows `smollm2-bucket` and "
+        "`smollm2-bf16`). Its first pass, seed 123 only and before this runner, is kept in "
+        "`benchmarks/results/tune_smollm2.jsonl`.",
+        references=("smollm2",),
+        search=True,
+    ),
 }
 SPLIT_SEED = 123  # the book's split for every row and seed: seeds measure training noise only
 BASELINE_QUESTION = "baseline"  # the TF-IDF row: shown beside every question's rows
@@ -173,6 +190,35 @@ def _book(**changes: Any) -> dict[str, Any]:
 
 _ALL_LR = 5e-5  # all-layer finetuning of pretrained weights: the book's lr (see the module doc)
 _RANDOM = dict(weights="random", trainable="all", epochs=2)  # from scratch, every layer
+# The recipe search as benchmarks/tune_smollm2.py ran it: its BASE on the TrainConfig defaults,
+# so length-bucketed batches (`bucket`'s default, then and now), spelled out here.
+_SEARCH = dict(
+    model="smollm2-135m", pool="last_real", padding="dynamic", precision="bf16", epochs=5,
+    bucket=True,
+)  # fmt: skip
+
+
+def _search(
+    name: str, label: str, seconds: float, measured: bool = True, **changes: Any
+) -> Experiment:
+    """A row of the recipe search. Like the search it trains in bf16, so its cpu_minutes is a
+    bf16 time on a CPU with native bf16, as smollm2-bf16's (the module doc): the search's own."""
+    where = (
+        "its seed-123 run in the search"
+        if measured
+        else "not reached by the search; from `tune-last-4-lr2e-4`, the same work:"
+    )
+    return Experiment(
+        name,
+        "tuning",
+        label,
+        {**BOOK, **_SEARCH, **changes},
+        cpu_minutes=round(seconds / 30) / 2,
+        note=f"cpu_minutes: {where} {seconds:.0f} s in bf16 on a bf16-native CPU "
+        "(tune_smollm2.jsonl), a busy shared machine (the same last-block work took 92-332 s "
+        "there): an upper estimate",
+    )
+
 
 EXPERIMENTS_LIST: list[Experiment] = [
     # 1. Which layers train
@@ -350,6 +396,19 @@ EXPERIMENTS_LIST: list[Experiment] = [
         note="chosen before any run, not tuned: the validation split (99-100%) cannot rank "
         "prompts",
     ),
+    # 11. The recipe search (seed 123's train time from the search's own log, see _search)
+    _search("tune-last-block-lr5e-4", "last block, lr 5e-4", 233, trainable="last_block", lr=5e-4),
+    _search("tune-last-block-lr2e-4", "last block, lr 2e-4", 92, trainable="last_block", lr=2e-4),
+    _search("tune-last-two-blocks-lr2e-4", "last two blocks, lr 2e-4", 236,
+            trainable="last_two_blocks", lr=2e-4),
+    _search("tune-last-4-lr2e-4", "last 4 blocks, lr 2e-4", 1008, trainable="last_4", lr=2e-4),
+    _search("tune-last-block-lr1e-3", "last block, lr 1e-3", 332, trainable="last_block", lr=1e-3),
+    _search("tune-last-block-lr5e-4-mean", "last block, lr 5e-4, mean pooling", 401,
+            trainable="last_block", lr=5e-4, pool="mean"),
+    _search("tune-last-4-lr1e-4", "last 4 blocks, lr 1e-4", 1008, measured=False,
+            trainable="last_4", lr=1e-4),
+    _search("tune-last-4-lr5e-4", "last 4 blocks, lr 5e-4", 1008, measured=False,
+            trainable="last_4", lr=5e-4),
     # Baseline: beside every question
     Experiment(
         "tfidf-logreg", BASELINE_QUESTION, "TF-IDF + logistic regression",

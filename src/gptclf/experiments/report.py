@@ -2,8 +2,8 @@
 
 Per question: a table (mean ± sample standard deviation over seeds of test accuracy, F1 and train
 time; trainable parameters; seeds; the book's number beside ours), a few sentences templated from
-those numbers, and a PNG bar chart with error bars (matplotlib, no pyplot). Rows without results
-say "not run yet". Nothing here is typed in: edit the runs, not the document.
+those numbers (for a search, its pick by validation accuracy), and a PNG bar chart with error
+bars (matplotlib, no pyplot). Rows without results say "not run yet". Nothing here is typed in: edit the runs, not the document.
 """
 
 from __future__ import annotations
@@ -268,6 +268,83 @@ def answer(rows: list[Row], baseline: Row | None) -> list[str]:
 
 
 SIGNIFICANCE = 0.05
+
+
+def validation(row: Row) -> tuple[float, float] | None:
+    """Mean validation accuracy (%) and loss over the row's runs; None where a run lacks them."""
+    runs = [(r.get("metrics") or {}).get("validation") for r in row.records]
+    if not runs or not all(
+        isinstance(v, dict)
+        and all(isinstance(v.get(k), (int, float)) for k in ("accuracy", "loss"))
+        for v in runs
+    ):
+        return None
+    return statistics.fmean(100 * v["accuracy"] for v in runs), statistics.fmean(
+        v["loss"] for v in runs
+    )
+
+
+def _shown(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def choice(rows: list[Row], recipe: Experiment | None = None) -> list[str]:
+    """A search's pick, made on validation only: the best mean validation accuracy over seeds,
+    ties broken by the lower mean validation loss. Test accuracy is reported for the pick, never
+    used to make it. `recipe`: the row the search chose a recipe for, compared on the factors
+    the search varies."""
+    rule = (
+        "Selection is by validation accuracy (mean over seeds), ties broken by the lower mean "
+        "validation loss; test accuracy is shown but never used to choose."
+    )
+    ranked = sorted(
+        ((r, v) for r in rows if r.n and (v := validation(r)) is not None),
+        key=lambda rv: (-round(rv[1][0], 9), rv[1][1]),  # equal accuracy up to float rounding
+    )
+    unranked = [r.exp.label for r in rows if r.n and validation(r) is None]
+    left = sum(not r.n for r in rows)
+    if not ranked:
+        return [rule, f"No row of the search has results yet ({left} not run): nothing is chosen."]
+    best, (acc, _) = ranked[0]
+    tied = [r.exp.label for r, v in ranked[1:] if round(v[0], 9) == round(acc, 9)]
+    out = [
+        rule,
+        "By that rule: "
+        + "; ".join(
+            f"{r.exp.label} {a:.2f}% (loss {loss:.4f}, {r.n} seed{'s' if r.n > 1 else ''})"
+            for r, (a, loss) in ranked
+        )
+        + ".",
+        f"The choice is {best.exp.label} (`{best.exp.name}`)"
+        + (
+            f", tied on validation accuracy with {', '.join(tied)} and lower in loss"
+            if tied
+            else ""
+        )
+        + f"; its test accuracy is {fmt_pm(best.acc, best.acc_std)}%.",
+    ]
+    n = (best.records[0].get("metrics") or {}).get("validation", {}).get("n")
+    if isinstance(n, int) and n > 0:
+        out.append(f"One of the {n} validation texts is {100 / n:.2f} points.")
+    if unranked:
+        out.append(f"Without validation metrics, not ranked: {', '.join(unranked)}.")
+    if left:
+        out.append(f"{left} of the {len(rows)} rows have no results yet: the choice may change.")
+    varied = [f for f in FACTORS if len({repr(r.exp.overrides.get(f)) for r in rows}) > 1]
+    if recipe is not None and varied:
+        differ = [f for f in varied if recipe.overrides.get(f) != best.exp.overrides.get(f)]
+        out.append(
+            f"The `{recipe.name}` recipe differs from the choice in "
+            + ", ".join(
+                f"{f} ({_shown(recipe.overrides.get(f))}, the choice "
+                f"{_shown(best.exp.overrides.get(f))})"
+                for f in differ
+            )
+            + "."
+            if differ
+            else f"The `{recipe.name}` recipe has the choice's {', '.join(varied)}."
+        )
+    return out
 
 
 def size_trend(rows: list[Row]) -> list[str]:
@@ -579,7 +656,10 @@ def write(
         rows = own + refs
         lines += ["", f"## {i}. {question.title}", "", question.text, ""]
         lines += table(rows + ([baseline] if baseline else []), experiments, reasons)
-        lines += ["", " ".join(answer(rows, baseline) + size_trend(own))]
+        said = (
+            choice(own, experiments.get(REFERENCE)) if question.search else answer(rows, baseline)
+        )
+        lines += ["", " ".join(said + size_trend(own))]
         path = chart(
             question.title, rows + ([baseline] if baseline else []), charts_dir / f"{qid}.png"
         )
