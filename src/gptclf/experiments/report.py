@@ -210,6 +210,15 @@ def answer(rows: list[Row], baseline: Row | None) -> list[str]:
             f"That gap is within the standard deviation over seeds (up to {max(stds):.2f} "
             f"points): with {min(best.n, second.n)} seeds the two are not distinguishable."
         )
+    out += paired_sentence(best, second)
+    out += cost_sentences(best, ran)
+    out += beside_sentences(best, ran, baseline)
+    return [s[0].upper() + s[1:] for s in out]
+
+
+def paired_sentence(best: Row, second: Row) -> list[str]:
+    """The text-by-text test of the best row against the runner-up, if both have results."""
+    out = []
     tested = paired_test(best, second)
     if tested is not None:
         ahead, behind, p = tested
@@ -220,6 +229,12 @@ def answer(rows: list[Row], baseline: Row | None) -> list[str]:
             f"{best.records[0]['metrics']['test']['n']} test texts: an exact paired permutation "
             f"test gives p = {p:.2g}, {verdict} at the {SIGNIFICANCE:.0%} level."
         )
+    return out
+
+
+def cost_sentences(best: Row, ran: list[Row]) -> list[str]:
+    """What the best row costs to train, against the fastest row run on the same machine."""
+    out = []
     # Train times compare only between rows that ran on the same machine.
     timed = [r for r in ran if best.machine is not None and r.machine == best.machine]
     fastest = min(timed, key=lambda r: r.seconds) if timed else None
@@ -244,6 +259,11 @@ def answer(rows: list[Row], baseline: Row | None) -> list[str]:
             f"(Train times compared among the {len(timed)} rows run on the same machine as the "
             f"best; {len(ran) - len(timed)} ran elsewhere.)"
         )
+    return out
+
+
+def beside_sentences(best: Row, ran: list[Row], baseline: Row | None) -> list[str]:
+    """The book's ranking of the same rows, and the TF-IDF baseline."""
     beside = []
     booked = [r for r in ran if r.exp.book_values()]
     if len(booked) >= 2:
@@ -264,7 +284,7 @@ def answer(rows: list[Row], baseline: Row | None) -> list[str]:
             f"The TF-IDF baseline reaches {baseline.acc:.2f}%, {abs(d):.2f} points "
             f"{'below' if d > 0 else 'above'} the best row here."
         )
-    return [s[0].upper() + s[1:] for s in out + beside]
+    return beside
 
 
 SIGNIFICANCE = 0.05
