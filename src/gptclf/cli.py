@@ -7,6 +7,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -51,7 +52,7 @@ def add_field_flag(p: argparse.ArgumentParser, f: dataclasses.Field, default: ob
     if f.type.startswith("list["):
         kw.update(nargs="+", action="extend")
     else:
-        kw["type"] = meta.get("parse") or NUMBER_TYPES.get(f.type.split(" | ")[0], str)
+        kw["type"] = checked(f, meta.get("parse") or NUMBER_TYPES.get(f.type.split(" | ")[0], str))
     if "choices" in meta:
         kw["metavar"] = "{" + ",".join(meta["choices"]) + "}"
     if "metavar" in meta:
@@ -60,6 +61,34 @@ def add_field_flag(p: argparse.ArgumentParser, f: dataclasses.Field, default: ob
 
 
 NUMBER_TYPES = {"int": int, "float": float}
+
+
+def checked(f: dataclasses.Field, convert):
+    """The flag's `type`: convert, then `TrainConfig`'s own check of the field (choices, finite
+    numbers, counts), so a bad value stops argparse with the message the Python API gives."""
+    from gptclf.train_config import check_field
+
+    def parse(text: str):
+        value = convert(text)  # a ValueError: argparse's "invalid int value"
+        try:
+            check_field(f, value)
+        except GptclfError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return value
+
+    parse.__name__ = convert.__name__  # argparse names the type in its own messages
+    return parse
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a value `TrainConfig` rejects is reported in its words, on one line."""
+
+    def error(self, message: str):
+        # "argument --pool: --pool must be one of ...": the check's message names the flag
+        own = re.fullmatch(r"argument (--[\w-]+)(?:/--[\w-]+)?: (\1 .*)", message, re.S)
+        if own:
+            self.exit(2, f"gptclf: error: {own.group(2)}\n")
+        super().error(message)
 
 
 def add_column_args(p: argparse.ArgumentParser, default: str | None = None, label=True) -> None:
@@ -268,7 +297,7 @@ def add_precision_arg(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser(recipe: str = "book") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gptclf", description=__doc__.splitlines()[0])
+    parser = Parser(prog="gptclf", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
