@@ -20,11 +20,11 @@ def run_dir(small_split, tmp_path_factory):  # noqa: F811
 
 
 def test_default_is_the_training_precision_where_bf16_is_native(run_dir, monkeypatch):
-    monkeypatch.setattr(gptclf.api, "native_bf16", lambda device: True)
+    monkeypatch.setattr(gptclf.inference, "native_bf16", lambda device: True)
     assert Classifier.load(run_dir).precision == "bf16"
     # Where bf16 is only emulated (several times slower), the default falls back to fp32;
     # asking for bf16 still gets it.
-    monkeypatch.setattr(gptclf.api, "native_bf16", lambda device: False)
+    monkeypatch.setattr(gptclf.inference, "native_bf16", lambda device: False)
     assert Classifier.load(run_dir).precision == "fp32"
     assert Classifier.load(run_dir, precision="bf16").precision == "bf16"
 
