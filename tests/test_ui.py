@@ -65,7 +65,9 @@ def browser():
     )
     executable = chromium_path()
     if executable is None:
-        pytest.skip("no Chromium found (apt-get install chromium, or set GPTCLF_CHROMIUM)")
+        pytest.skip(
+            "no Chromium on PATH: `make browser` installs it (apt-get, as root), or set GPTCLF_CHROMIUM"
+        )
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
         yield browser
