@@ -121,6 +121,34 @@ def tab(browser, url: str) -> Iterator[Page]:
     page.close()
 
 
+def percent(p: float) -> str:
+    """As the page writes a probability: one decimal, never a rounded 100.0% or 0.0%."""
+    return ">99.9%" if 0.9995 <= p < 1 else "<0.1%" if 0 < p < 0.0005 else f"{100 * p:.1f}%"
+
+
+def test_percents_and_bars(tab: Page) -> None:
+    page = tab.open()
+    for p in (0, 0.0004, 0.0005, 0.25, 0.12345, 0.9994, 0.9995, 0.99999, 1):
+        assert page.evaluate("p => percent(p)", p) == percent(p)
+    # Bars as long as their probability, extreme ones too (no real model here says 0.00001).
+    probabilities = {"ham": 0.00001, "maybe": 0.3, "spam": 0.69999}
+    page.evaluate(
+        "p => showPrediction({label: 'spam', probability: 0.69999, probabilities: p})",
+        probabilities,
+    )
+    assert bar_lengths(page) == pytest.approx(probabilities, abs=0.01)
+
+
+def bar_lengths(page) -> dict[str, float]:
+    """Each bar's drawn length as a share of its track, measured in the rendered page."""
+    return page.eval_on_selector_all(
+        "#bars .bar",
+        """rows => Object.fromEntries(rows.map(r => [r.dataset.label,
+            r.querySelector('.fill').getBoundingClientRect().width /
+            r.querySelector('.track').getBoundingClientRect().width]))""",
+    )
+
+
 def shown_prediction(page) -> dict:
     """Label, probability text and the bars (label → probability) as the DOM shows them."""
     bars = page.eval_on_selector_all(
@@ -148,11 +176,12 @@ def test_typed_texts_are_classified_like_the_api(tab: Page, clf: Classifier) -> 
         )
         shown = shown_prediction(page)
         assert shown["label"] == expected.label
-        assert shown["probability"] == f"{100 * expected.probability:.1f}%"
+        assert shown["probability"] == percent(expected.probability)
         assert list(shown["bars"]) == clf.labels
+        assert bar_lengths(page) == pytest.approx(expected.probabilities, abs=0.01)
         for name, (p, text_shown) in shown["bars"].items():
             assert p == pytest.approx(expected.probabilities[name], abs=1e-5)
-            assert text_shown == f"{100 * expected.probabilities[name]:.1f}%"
+            assert text_shown == percent(expected.probabilities[name])
     history = page.locator("#history li").all_inner_texts()
     assert [h.split(" ", 1)[0] for h in history] == [p.label for p in clf.predict(texts[::-1])]
     assert texts[0] in history[1]  # newest first
