@@ -187,6 +187,16 @@ def test_typed_texts_are_classified_like_the_api(tab: Page, clf: Classifier) -> 
     assert texts[0] in history[1]  # newest first
     assert tab.classify_bodies == [{"texts": [t]} for t in texts]
     tab.screenshot("text")
+    # Keyboard only: Tab past the button to the newest history entry, Enter classifies it again.
+    page.focus("#text")
+    page.keyboard.press("Tab")
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.title") == texts[1]
+    outline = "getComputedStyle(document.activeElement).outlineStyle"
+    assert page.evaluate(outline) == "solid"  # the focus is visible
+    page.keyboard.press("Enter")
+    page.wait_for_function("() => document.querySelectorAll('#history li').length === 3")
+    assert tab.classify_bodies[-1] == {"texts": [texts[1]]}
 
 
 def test_model_card(tab: Page, clf: Classifier) -> None:
@@ -211,9 +221,8 @@ def run_file(tab: Page, path: Path):
     page.set_input_files("#file", str(path))
     page.wait_for_selector("#run:enabled")
     page.click("#run")
-    page.wait_for_function(
-        "() => document.querySelector('#file-status').textContent.includes('rows classified')"
-    )
+    page.wait_for_selector("#download:visible, #error:visible")  # done, or failed
+    assert page.is_hidden("#error"), page.inner_text("#error")
     return page
 
 
@@ -261,6 +270,67 @@ def test_a_file_is_classified_like_predict_file(
     assert shown[1] == rows[3]["review_body"] and shown[4] == expected[3]["predicted_label"]
     if suffix == ".csv":
         tab.screenshot("file")
+
+
+PARSER_CASES = [
+    ("x.csv", 'a,b\r\n1,"x,y"\r\n2,"he said ""hi"""\r\n', ","),
+    ("x.csv", '\ufeffText,Label\n"two\nlines",spam\n\nlast,ham', ","),  # BOM, blank line, no EOL
+    ("x.tsv", 'a\tb\n"q\tx"\t2\n3\t\n', "\t"),
+    ("x.txt", "a\tb\n1\t2\n", "\t"),  # sniffed from the header line
+]
+
+
+@pytest.mark.parametrize(("name", "text", "delimiter"), PARSER_CASES)
+def test_the_pages_table_parser_reads_as_python_csv(
+    tab: Page, name: str, text: str, delimiter: str
+) -> None:
+    page = tab.open()
+    got = page.evaluate("([text, name]) => parseTable(text, name)", [text, name])
+    records = [r for r in csv.reader(io.StringIO(text.lstrip("\ufeff")), delimiter=delimiter) if r]
+    assert got == {"columns": records[0], "rows": records[1:]}
+
+
+def test_the_pages_jsonl_parser(tab: Page) -> None:
+    page = tab.open()
+    text = '{"a": "x", "b": 1}\n\n{"a": "y", "c": {"k": null}}\n'
+    got = page.evaluate("text => parseTable(text, 'x.jsonl')", text)
+    assert got == {"columns": ["a", "b", "c"], "rows": [["x", "1", ""], ["y", "", '{"k":null}']]}
+    message = page.evaluate(
+        "() => { try { parseTable('{}\\n[1]', 'x.jsonl') } catch (e) { return e.message } }"
+    )
+    assert message == "line 2 is not a JSON object"
+
+
+def test_a_dropped_file_is_read(tab: Page) -> None:
+    page = tab.open()
+    page.evaluate(
+        """() => {
+        const data = new DataTransfer();
+        data.items.add(new File(['id,headline\\n1,Nice\\n'], 'dropped.csv', {type: 'text/csv'}));
+        document.querySelector('#drop').dispatchEvent(new DragEvent('drop', {dataTransfer: data}));
+    }"""
+    )
+    page.wait_for_selector("#run:enabled")
+    assert page.inner_text("#file-status") == "dropped.csv: 1 row, 2 columns"
+    assert page.eval_on_selector_all("#columns option:checked", "o => o.map(x => x.text)") == [
+        "headline"
+    ]
+
+
+def test_a_refused_chunk_names_its_rows(tab: Page, tmp_path: Path) -> None:
+    # JSON may escape a lone surrogate; the server refuses it (422) and the page says which rows.
+    lines = ['{"headline": "Ok", "review_body": "It was fine."}'] * 9
+    lines.append('{"headline": "Bad", "review_body": "It was \\ud800."}')
+    source = tmp_path / "bad.jsonl"
+    source.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    page = tab.open()
+    page.set_input_files("#file", str(source))
+    page.wait_for_selector("#run:enabled")
+    page.click("#run")
+    page.wait_for_selector("#error:visible")
+    assert page.inner_text("#error") == "rows 9-10: error 422: texts[1] is not valid Unicode"
+    assert page.is_enabled("#run")  # the page is usable again
+    tab.errors.clear()  # Chromium logs the refused request as a console error
 
 
 def test_server_errors_are_one_line(tab: Page, clf: Classifier) -> None:
