@@ -25,12 +25,13 @@ TEXTS = [
 ]
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run"]
 ARGS += ["--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARGS += ["--no-proxy-server", "--disable-dev-shm-usage"]
 
 
 def main(run: str, out: str) -> None:
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     with running(create_app(Classifier.load(run))) as url, sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=[*ARGS, "--no-proxy-server"])
+        browser = p.chromium.launch(executable_path=chromium, args=ARGS)
         page = browser.new_page(viewport={"width": 900, "height": 900})
         page.goto(url + "/")
         page.wait_for_selector("#card dt")

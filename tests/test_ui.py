@@ -26,7 +26,8 @@ from gptclf.server import RUN_IMAGES, Limits, create_app, running
 ARTIFACTS = Path(__file__).parent / "artifacts" / "ui"
 LIMITS = Limits(max_texts=8, max_chars=2000)  # small, so a file needs several requests
 # Without the background-networking flags Chromium keeps trying to reach Google on a closed
-# network and stalls; --no-proxy-server keeps a proxy in the environment off loopback.
+# network and stalls; --no-proxy-server keeps a proxy in the environment off loopback;
+# --disable-dev-shm-usage: containers often have a tiny /dev/shm, where Chromium crashes.
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -36,6 +37,7 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
     "--no-proxy-server",
+    "--disable-dev-shm-usage",
 ]
 
 
