@@ -62,10 +62,13 @@ def test_predict_file(reviews_run: Path, tmp_path: Path, capsys) -> None:
     assert all(float(r["predicted_probability"]) > 0 for r in rows)
 
 
-def test_serve_command(reviews_run: Path) -> None:
-    """`gptclf serve` in its own process, on an ephemeral loopback port."""
+@pytest.mark.parametrize("ui", [True, False])
+def test_serve_command(reviews_run: Path, ui: bool) -> None:
+    """`gptclf serve` in its own process, on an ephemeral loopback port; the page at / unless
+    --no-ui."""
     env = {**os.environ, "NO_PROXY": "127.0.0.1"}
     cmd = [sys.executable, "-m", "gptclf", "serve", str(reviews_run), "--port", "0"]
+    cmd += [] if ui else ["--no-ui"]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
     try:
         deadline, url = time.monotonic() + 60, None
@@ -79,6 +82,9 @@ def test_serve_command(reviews_run: Path) -> None:
             assert client.get("/health").json() == {"status": "ok"}
             answer = client.post("/classify", json={"texts": ["It was great."]}).json()
             assert answer["predictions"][0]["label"] in ("negative", "neutral", "positive")
+            page = client.get("/")
+            assert page.status_code == (200 if ui else 404)
+            assert ("<title>gptclf</title>" in page.text) == ui
     finally:
         proc.terminate()
         proc.wait(timeout=30)

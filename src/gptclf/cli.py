@@ -191,7 +191,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from gptclf.server import Limits, serve
 
     limits = Limits(max_texts=args.max_texts, max_chars=args.max_chars)
-    serve(args.checkpoint, args.host, args.port, limits, batch_size=args.batch_size)
+    serve(args.checkpoint, args.host, args.port, limits, batch_size=args.batch_size, ui=args.ui)
     return 0
 
 
@@ -354,7 +354,9 @@ def add_inference_commands(sub) -> None:
     )
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("serve", help="HTTP JSON service: POST /classify, GET /health, GET /info")
+    p = sub.add_parser(
+        "serve", help="HTTP JSON service (POST /classify, GET /health, GET /info) and a page at /"
+    )
     p.add_argument("checkpoint")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
@@ -366,6 +368,9 @@ def add_inference_commands(sub) -> None:
         help="characters per request, all texts (413 above)",
     )
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument(
+        "--no-ui", dest="ui", action="store_false", help="no page at / (the JSON API only)"
+    )
     p.set_defaults(func=cmd_serve)
 
 

@@ -4,6 +4,8 @@
                                                                  "probabilities"}, ...]}
     GET  /health                              → {"status": "ok"}
     GET  /info                                → model, labels, text columns, limits, metrics
+    GET  /                                    → a page to try the model (off with --no-ui)
+    GET  /run/{image}                         → the run's report plots, for that page
 
 A thin adapter: validation and limits here, prediction in `Classifier.predict`. Requests queue for
 one worker thread (`Batcher`) that classifies the texts of all waiting requests together, so the
@@ -15,15 +17,20 @@ empty text; 500 only for a bug.
 from __future__ import annotations
 
 import asyncio
+import base64
+import gzip
+import hashlib
 import json
 import logging
 import queue
+import re
 import socket
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import asdict, dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +41,7 @@ try:
     import uvicorn
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse
+    from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
     from pydantic import BaseModel, ConfigDict, StrictStr, ValidationError
     from starlette.exceptions import HTTPException
 except ImportError as exc:  # the CLI turns this into one line
@@ -138,9 +145,9 @@ class Batcher:
 
 
 def create_app(
-    classifier: Classifier, limits: Limits | None = None, batch_size: int = 32
+    classifier: Classifier, limits: Limits | None = None, batch_size: int = 32, ui: bool = True
 ) -> FastAPI:
-    """The FastAPI application serving `classifier`."""
+    """The FastAPI application serving `classifier` (and, with `ui`, the page at /)."""
     limits = limits or Limits()
     batcher: Batcher | None = None
 
@@ -153,6 +160,7 @@ def create_app(
 
     app = FastAPI(title="gptclf", version=_version(), lifespan=lifespan)
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
+    images = add_page(app, run_images(classifier.directory)) if ui else {}
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
@@ -173,7 +181,7 @@ def create_app(
 
     @app.get("/info")
     async def info() -> dict[str, Any]:
-        return describe(classifier, limits)
+        return describe(classifier, limits, images)
 
     @app.post("/classify", openapi_extra=CLASSIFY_OPENAPI)
     async def classify(request: Request) -> dict[str, Any]:
@@ -226,8 +234,11 @@ def _first_error(errors: list[dict[str, Any]]) -> str:
     return f"invalid request: {where}: {message}" if where else f"invalid request: {message}"
 
 
-def describe(classifier: Classifier, limits: Limits) -> dict[str, Any]:
-    """What GET /info returns: model, labels, text columns, limits and headline metrics."""
+def describe(
+    classifier: Classifier, limits: Limits, images: dict[str, Path] | None = None
+) -> dict[str, Any]:
+    """What GET /info returns: model, labels, text columns, limits, headline metrics and the
+    names of the run's plots served under /run/ (empty without the page)."""
     info = classifier.info
     metrics = classifier.metrics or {}
     keys = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc", "pr_auc", "n")
@@ -238,6 +249,7 @@ def describe(classifier: Classifier, limits: Limits) -> dict[str, Any]:
             "pool": info.pool,
             "max_length": info.max_length,
             "truncation": classifier.truncation,
+            "trainable": info.train_config.get("trainable"),
         },
         "labels": classifier.labels,
         "text_columns": classifier.text_columns,
@@ -247,8 +259,64 @@ def describe(classifier: Classifier, limits: Limits) -> dict[str, Any]:
             for split in ("validation", "test")
             if isinstance(metrics.get(split), dict)
         },
+        "images": sorted(images or {}),
         "version": _version(),
     }
+
+
+# The report plots (run_report.PLOTS) the page may show. Only these names are served, each from the
+# run directory: no part of a request's path ever reaches the file system.
+RUN_IMAGES = ("confusion_matrix.png", "roc.png", "pr.png", "loss.png", "accuracy.png")
+
+
+def run_images(directory: Path | None) -> dict[str, Path]:
+    """The plots in RUN_IMAGES that `directory` holds, by file name."""
+    if directory is None:
+        return {}
+    return {name: directory / name for name in RUN_IMAGES if (directory / name).is_file()}
+
+
+def add_page(app: FastAPI, images: dict[str, Path]) -> dict[str, Path]:
+    """GET / (static/index.html, shipped in the package) and GET /run/{name} (its images);
+    returns `images`."""
+    page = resources.files("gptclf").joinpath("static/index.html").read_text(encoding="utf-8")
+    zipped = gzip.compress(page.encode(), mtime=0)  # readable source, a few KB on the wire
+    headers = {
+        "content-security-policy": page_policy(page),
+        "x-content-type-options": "nosniff",
+        "vary": "accept-encoding",
+    }
+
+    @app.get("/", include_in_schema=False)
+    async def index(request: Request) -> Response:
+        if "gzip" in request.headers.get("accept-encoding", ""):
+            return HTMLResponse(zipped, headers={**headers, "content-encoding": "gzip"})
+        return HTMLResponse(page, headers=headers)
+
+    @app.get("/run/{name}", include_in_schema=False)
+    async def run_image(name: str) -> FileResponse:
+        if name not in images:
+            raise HTTPException(404, f"no image {name!r} in this run")
+        return FileResponse(images[name], media_type="image/png")
+
+    return images
+
+
+def page_policy(page: str) -> str:
+    """A Content-Security-Policy allowing the page's own inline script and style (by hash) and
+    requests to this server only: the browser itself enforces that the page loads nothing else
+    (no CDN, no font) and runs no injected script."""
+
+    def hashes(tag: str) -> str:
+        bodies = re.findall(rf"<{tag}>(.*?)</{tag}>", page, re.S)
+        digests = (base64.b64encode(hashlib.sha256(b.encode()).digest()).decode() for b in bodies)
+        return " ".join(f"'sha256-{d}'" for d in digests)
+
+    return (
+        f"default-src 'none'; script-src {hashes('script')}; style-src {hashes('style')}; "
+        "img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; "
+        "frame-ancestors 'none'"
+    )
 
 
 class BodyLimit:
@@ -309,9 +377,10 @@ def serve(
     port: int = 8000,
     limits: Limits | None = None,
     batch_size: int = 32,
+    ui: bool = True,
 ) -> None:
     """Load the classifier in `directory` and serve it until interrupted (`gptclf serve`)."""
-    app = create_app(Classifier.load(directory), limits, batch_size)
+    app = create_app(Classifier.load(directory), limits, batch_size, ui)
     try:
         uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=5)
     except OSError as exc:  # e.g. the port is taken
