@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from gptclf.choices import INFERENCE_PRECISIONS, SPLIT_MODES
-from gptclf.errors import GptclfError
+from gptclf.errors import GptclfError, Interrupted
 
 log = logging.getLogger("gptclf")
 
@@ -447,6 +447,9 @@ def main(argv: list[str] | None = None) -> int:
     except GptclfError as exc:
         print(f"gptclf: {where}error: {exc}", file=sys.stderr)
         return 2
+    except Interrupted as exc:  # training stopped by a signal, its state saved
+        print(f"gptclf: {where}{exc}", file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
         print("gptclf: interrupted", file=sys.stderr)
         return 130

@@ -24,7 +24,7 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 from tqdm import tqdm
 
-from gptclf import batching, distributed, run_report
+from gptclf import batching, distributed, resume, run_report
 from gptclf.balance import class_weights
 from gptclf.batching import Batch
 from gptclf.checkpoint import ClassifierInfo, save_classifier
@@ -90,6 +90,16 @@ class Encoded:
 
 
 @dataclass
+class Tally:
+    """The current epoch so far (saved with the training state, so a resumed epoch adds up)."""
+
+    loss: float = 0.0
+    correct: int = 0
+    seen_before: int = 0  # examples seen when the epoch began
+    steps_done: int = 0  # steps of this epoch already trained (a resumed run skips them)
+
+
+@dataclass
 class Run:
     """Everything `prepare` builds and the stages share; training state at the end."""
 
@@ -120,6 +130,11 @@ class Run:
     best_key: tuple[float, float] | None = None
     best_epoch: int = 0
     best_state: dict[str, torch.Tensor] = field(default_factory=dict)
+    generator: torch.Generator = field(default_factory=torch.Generator)  # the batch order
+    epoch_rng: torch.Tensor | None = None  # `generator`'s state when the epoch began
+    tally: Tally = field(default_factory=Tally)
+    last_save: float = field(default_factory=time.perf_counter)
+    stop_signal: int = 0  # set by SIGINT/SIGTERM: stop at the next step boundary
 
     @property
     def n_batches(self) -> int:
@@ -139,11 +154,19 @@ def fit(cfg: TrainConfig, parts: TrainParts | None = None) -> dict[str, Any]:
         log.info("precision auto: %s on %s", cfg.precision, device)
     try:
         run = prepare(cfg, d, device, parts or TrainParts())
-        generator = torch.Generator().manual_seed(cfg.seed)
-        for epoch in range(1, cfg.epochs + 1):
-            stats = train_epoch(run, epoch, generator)
-            keep_if_best(run, epoch, stats, validate(run))
-        return finish(run, started)
+        run.generator.manual_seed(cfg.seed)
+        first = resume.restore(run) if cfg.resume else resume.start_fresh(run)
+        with resume.interruptible(run):
+            for epoch in range(first, cfg.epochs + 1):
+                stats = train_epoch(run, epoch)
+                keep_if_best(run, epoch, stats, validate(run))
+                run.tally = Tally()
+                resume.save(run, epoch + 1, 0)
+                if run.stop_signal:
+                    raise resume.stop(run, epoch + 1, 0)
+        metrics = finish(run, started)
+        resume.finished(run)
+        return metrics
     finally:
         distributed.teardown(d)
 
@@ -283,16 +306,15 @@ def add_prefix_cache(run: Run) -> None:
     run.cache_seconds = time.perf_counter() - run.train_start
 
 
-def train_epoch(run: Run, epoch: int, generator: torch.Generator) -> dict[str, float]:
-    """One pass over shuffled global batches; returns the epoch's mean loss and accuracy."""
-    cfg, d = run.cfg, run.d
+def train_epoch(run: Run, epoch: int) -> dict[str, float]:
+    """One pass over shuffled global batches (the rest of it, resumed: the same order, the steps
+    done skipped); returns the epoch's mean loss and accuracy."""
+    cfg, d, tally = run.cfg, run.d, run.tally
     run.model.train()
-    epoch_loss, epoch_correct, epoch_start, seen_before = (
-        0.0,
-        0,
-        time.perf_counter(),
-        run.examples_seen,
-    )
+    if tally.steps_done == 0:
+        run.epoch_rng = run.generator.get_state()
+        tally.seen_before = run.examples_seen
+    epoch_start = time.perf_counter()
     train_batches = run.parts.batches(
         run.enc.ids["train"],
         run.data["train"].labels,
@@ -300,7 +322,7 @@ def train_epoch(run: Run, epoch: int, generator: torch.Generator) -> dict[str, f
         run.lm.tokenizer.pad_id,
         run.enc.length,
         shuffle=True,
-        generator=generator,
+        generator=run.generator,
         drop_last=True,
         bucket=run.enc.length is None and cfg.bucket,
     )
@@ -312,25 +334,37 @@ def train_epoch(run: Run, epoch: int, generator: torch.Generator) -> dict[str, f
         leave=False,
     )
     for step, global_step_batch in enumerate(bar, start=1):
+        if step <= tally.steps_done:
+            continue  # trained before the run was resumed
         step_end = step % cfg.grad_accum == 0 or step == run.n_batches
-        batch_loss, correct = train_step(run, global_step_batch, optimizer_step=step_end)
+        save = step_end and resume.due(run, step)
+        result = train_step(run, global_step_batch, step_end, [save, step_end and run.stop_signal])
+        batch_loss, correct, save, stop = result
         n_global = len(global_step_batch.labels)
         run.examples_seen += n_global
-        epoch_loss += batch_loss
-        epoch_correct += correct
+        tally.loss += batch_loss
+        tally.correct += correct
+        tally.steps_done = step
         run.steps.append((run.examples_seen, batch_loss, correct / n_global))
+        if save or stop:
+            resume.save(run, epoch, step)
+        if stop:
+            raise resume.stop(run, epoch, step)
         rate = step * n_global / (time.perf_counter() - epoch_start)
         bar.set_postfix(loss=f"{batch_loss:.3f}", ex_s=f"{rate:.1f}", refresh=False)
     return {
-        "train_loss": epoch_loss / run.n_batches,
-        "train_accuracy": epoch_correct / (run.examples_seen - seen_before),
+        "train_loss": tally.loss / run.n_batches,
+        "train_accuracy": tally.correct / (run.examples_seen - tally.seen_before),
     }
 
 
-def train_step(run: Run, global_batch: Batch, optimizer_step: bool) -> tuple[float, int]:
+def train_step(
+    run: Run, global_batch: Batch, optimizer_step: bool, flags: list[Any] = ()
+) -> tuple[Any, ...]:
     """Forward this rank's slice of a global batch, backward its share of the global batch's
     weighted loss (1/grad_accum of it), and step the optimizer if `optimizer_step`.
-    Returns the global batch's loss and its count of correct predictions (summed over ranks)."""
+    Returns the global batch's loss, its count of correct predictions and each of `flags` as
+    true where any rank set it (all in one all-reduce)."""
     cfg, d, device = run.cfg, run.d, run.device
     batch = distributed.rank_slice(global_batch, d).to(device)
     with autocast(device, cfg.precision):
@@ -348,8 +382,10 @@ def train_step(run: Run, global_batch: Batch, optimizer_step: bool) -> tuple[flo
         run.optimizer.step()
         run.optimizer.zero_grad(set_to_none=True)
     correct = (logits.argmax(-1) == batch.labels).sum().item()
-    batch_loss, correct = distributed.all_sum([loss.item(), correct], d, device)
-    return batch_loss / d.world_size, int(correct)
+    batch_loss, correct, *raised = distributed.all_sum(
+        [loss.item(), correct, *map(float, flags)], d, device
+    )
+    return batch_loss / d.world_size, int(correct), *(r > 0 for r in raised)
 
 
 def predict_split(run: Run, name: str) -> torch.Tensor:

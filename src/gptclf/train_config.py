@@ -171,6 +171,17 @@ class TrainConfig:
     out: str | None = option(
         "runs/latest", "checkpoint directory (in Python, out=None writes nothing)"
     )
+    resume: bool = option(
+        False,
+        "continue the run in --out from its training state (train_state.safetensors): "
+        "the same command plus --resume; without a state, start fresh",
+    )
+    save_every: int | None = option(
+        None,
+        "optimizer steps between saves of the training state in --out (default: about "
+        "once a minute; always at the end of an epoch)",
+        metavar="N",
+    )
     report: bool = option(
         True, "no plots or report.md in the checkpoint directory", flag="--no-report"
     )
@@ -216,7 +227,7 @@ PATH_FIELDS = ("model", "data", "validation", "test", "cache_dir", "out")
 # Integer fields that count something: at least 1.
 COUNTS = {
     "lora_rank", "lora_blocks", "max_length", "epochs", "batch_size", "grad_accum",
-    "eval_batch_size",
+    "eval_batch_size", "save_every",
 }  # fmt: skip
 
 
@@ -240,6 +251,8 @@ def check_values(cfg: TrainConfig) -> None:
         raise GptclfError(
             "--compile needs a C++ compiler for Inductor (g++ or clang++, or set CXX)"
         )
+    if cfg.resume and cfg.fsdp:
+        raise GptclfError("--resume does not support --fsdp yet (its optimizer state is sharded)")
     if cfg.out is not None and os.path.exists(cfg.out) and not os.path.isdir(cfg.out):
         raise GptclfError(f"--out {cfg.out} is a file, not a directory")
     from gptclf.balance import parse_class_weights  # numpy; imported when a config is built
