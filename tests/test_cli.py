@@ -152,3 +152,20 @@ def test_recipe_sets_defaults_and_flags_override_them():
     again = build_parser("smollm2").parse_args(["train", "--recipe", "smollm2", "--bucket"])
     assert again.bucket is True and again.lr == recipe.lr == 2e-4
     assert build_parser("book").parse_args(["train", "--no-bucket"]).bucket is False
+
+
+def test_train_without_model_or_recipe_is_the_smollm2_recipe():
+    from gptclf.cli import parse_args
+    from gptclf.train_config import RECIPES, TrainConfig, config_for
+
+    plain = parse_args(["train"])
+    for key, value in RECIPES["smollm2"].items():
+        assert getattr(plain, key) == value
+    # a run that names its model keeps the book's defaults for the rest, as before
+    named = parse_args(["train", "--model", "gpt2-tiny"])
+    assert (named.model, named.trainable, named.lr) == ("gpt2-tiny", "last_block", 5e-5)
+    assert parse_args(["train", "--recipe", "book"]).model == TrainConfig().model == "gpt2-small"
+    # the Python API resolves the recipe the same way
+    assert config_for(out=None).model == "smollm2-135m"
+    assert config_for(model="gpt2-tiny", out=None).trainable == "last_block"
+    assert config_for("smollm2", model="gpt2-tiny", out=None).trainable == "last_two_blocks"

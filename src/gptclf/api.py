@@ -94,16 +94,18 @@ class Classifier:
         )
 
     @classmethod
-    def train(cls, **options: Any) -> Classifier:
-        """Train like `gptclf train` (options = `TrainConfig` fields, e.g. data, text_columns,
-        label_column, model, epochs, out) into `out` (default runs/latest), and return the kept
-        (best or last) checkpoint, loaded."""
+    def train(cls, recipe: str | None = None, **options: Any) -> Classifier:
+        """Train like `gptclf train` into `out` (default runs/latest) and return the kept (best or
+        last) checkpoint, loaded. `recipe`: book or smollm2 (default: smollm2, but book when a
+        `model` is given); options = `TrainConfig` fields, e.g. data, text_columns, label_column,
+        model, epochs, out."""
         from gptclf.train import TrainConfig, fit
+        from gptclf.train_config import config_for
 
         known = {f.name for f in dataclasses.fields(TrainConfig)}
         if unknown := sorted(set(options) - known):
             raise GptclfError(f"unknown training option(s) {unknown}; known: {sorted(known)}")
-        cfg = TrainConfig(**options)
+        cfg = config_for(recipe, **options)
         if cfg.out is None:
             raise GptclfError("Classifier.train needs an out directory to load the result from")
         fit(cfg)

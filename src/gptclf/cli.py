@@ -27,9 +27,10 @@ def add_train_args(p: argparse.ArgumentParser, recipe: str = "book") -> None:
     defaults = recipe_defaults(recipe if recipe in RECIPES else "book")
     p.add_argument(
         "--recipe",
-        default="book",
+        default=None,
         choices=sorted(RECIPES),
-        help="named defaults: book (chapter 6) or smollm2 (the main job)",
+        help="named defaults: book (chapter 6) or smollm2 (the main job; the default, but for "
+        "book where --model is given)",
     )
     for f in dataclasses.fields(TrainConfig):
         add_field_flag(p, f, defaults[f.name])
@@ -431,10 +432,19 @@ def lost_peer(exc: Exception) -> bool:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, with the `train` defaults of the recipe it names (or implies)."""
+    from gptclf.train_config import default_recipe
+
     pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--recipe", default="book")
-    args = build_parser(pre.parse_known_args(argv)[0].recipe).parse_args(argv)
+    pre.add_argument("--recipe")
+    pre.add_argument("--model")
+    given = pre.parse_known_args(argv)[0]
+    return build_parser(given.recipe or default_recipe(given.model is not None)).parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     rank = int(os.environ.get("RANK", "0"))  # set by torchrun: only rank 0 logs
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO if rank == 0 else logging.WARNING,

@@ -291,3 +291,17 @@ def recipe_defaults(recipe: str) -> dict[str, Any]:
         raise GptclfError(f"--recipe must be one of {', '.join(RECIPES)}, got {recipe!r}")
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     return {**defaults, **RECIPES[recipe]}
+
+
+def default_recipe(model_given: bool) -> str:
+    """No recipe named: `smollm2`, the best model offline; but a run that names its --model keeps
+    the book's defaults for everything else (as before recipes existed)."""
+    return "book" if model_given else "smollm2"
+
+
+def config_for(recipe: str | None = None, **options: Any) -> TrainConfig:
+    """A `TrainConfig` as `gptclf train` builds it: the recipe's defaults, then `options`."""
+    recipe = recipe or default_recipe("model" in options)
+    if recipe not in RECIPES:
+        raise GptclfError(f"--recipe must be one of {', '.join(RECIPES)}, got {recipe!r}")
+    return TrainConfig(**{**RECIPES[recipe], **options})
