@@ -1,5 +1,6 @@
 """End-to-end training on a small slice of the book split with a tiny random GPT-2."""
 
+import dataclasses
 import json
 
 import pytest
@@ -247,3 +248,36 @@ def test_prompt_trains_saves_and_predicts_inside_the_template(small_split, tmp_p
     assert again["confusion_matrix"] == metrics["test"]["confusion_matrix"]
     with pytest.raises(GptclfError, match='must contain "{text}" exactly once'):
         tiny(small_split, prompt="no slot")
+
+
+def test_every_run_fits_the_tfidf_baseline_beside_the_model(small_split, tmp_path, caplog):
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    from gptclf.data import splits_from_config
+
+    metrics = fit(tiny(small_split, tmp_path / "run", epochs=1))
+    for split in ("train", "validation", "test"):
+        base = metrics[split]["baseline"]
+        assert base["name"].startswith("tfidf-logreg") and base["n"] == metrics[split]["n"]
+        assert 0 <= base["accuracy"] <= 1 and base["C"] in (0.1, 1.0, 10.0, 100.0)
+    # a one-epoch random tiny model is beaten by TF-IDF on SMS: the run says so, as a warning
+    assert "does not beat the TF-IDF baseline on validation" in caplog.text
+    assert "does not beat the TF-IDF baseline" in (tmp_path / "run" / "report.md").read_text()
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert saved["test"]["baseline"] == metrics["test"]["baseline"]
+    # the same numbers as scikit-learn fitted by hand with the chosen C
+    cfg = tiny(small_split)
+    train, val, test = splits_from_config(dataclasses.asdict(cfg))
+    words = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)
+    chars = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True)
+    from scipy.sparse import hstack
+
+    x = hstack([words.fit_transform(train.texts), chars.fit_transform(train.texts)])
+    x_test = hstack([words.transform(test.texts), chars.transform(test.texts)])
+    model = LogisticRegression(
+        C=metrics["test"]["baseline"]["C"], solver="liblinear", dual=True, max_iter=1000,
+        random_state=cfg.seed,
+    ).fit(x, train.labels)  # fmt: skip
+    assert metrics["test"]["baseline"]["accuracy"] == (model.predict(x_test) == test.labels).mean()
+    assert "baseline" not in fit(tiny(small_split, epochs=1, baseline=False))["test"]

@@ -122,6 +122,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         name: {k: metrics[name][k] for k in ("accuracy", "precision", "recall", "f1", "n")}
         for name in ("train", "validation", "test")
     }
+    if "baseline" in metrics["validation"]:
+        summary["baseline"] = {
+            name: {k: metrics[name]["baseline"][k] for k in ("name", "accuracy", "f1")}
+            for name in ("train", "validation", "test")
+        }
     summary.update(
         labels=metrics["labels"],
         truncated=metrics["truncated"],

@@ -68,6 +68,22 @@ def write_report(
     return [*written, report]
 
 
+def baseline_lines(metrics: dict[str, Any]) -> list[str]:
+    """The TF-IDF baseline's accuracy per split and the verdict on validation (if it ran)."""
+    if "baseline" not in metrics["validation"]:
+        return []
+    from gptclf.baseline import verdict
+
+    base = {name: metrics[name]["baseline"] for name in ("train", "validation", "test")}
+    _, line = verdict(metrics["validation"]["accuracy"], base["validation"]["accuracy"])
+    cells = ", ".join(f"{name} {_fmt(b['accuracy'])}" for name, b in base.items())
+    return [
+        "",
+        f"Baseline, {base['test']['name']} (C = {base['test']['C']:g}, fitted in "
+        f"{base['test']['seconds']:.1f} s), accuracy: {cells}. The model {line}.",
+    ]
+
+
 def markdown(metrics: dict[str, Any]) -> str:
     """The text of ``report.md``: summary table, per-class test table, the plots."""
     cfg = metrics.get("config", {}).get("train_config", {})
@@ -95,6 +111,7 @@ def markdown(metrics: dict[str, Any]) -> str:
             str(truncated.get(name, "-")),
         ]
         lines.append("| " + " | ".join(row) + " |")
+    lines += baseline_lines(metrics)
     lines += [
         "",
         "Test set, per class:",

@@ -480,6 +480,8 @@ def finish(run: Run, started: float) -> dict[str, Any]:
         train_curve=run_report.curve(run.steps),
         config=run.info.to_dict(),
     )
+    if run.cfg.baseline and run.d.is_main:
+        add_baseline(run, metrics)
     if run.cfg.out is not None and run.d.is_main:
         out = Path(run.cfg.out)
         write_json(out / "metrics.json", metrics)
@@ -487,3 +489,15 @@ def finish(run: Run, started: float) -> dict[str, Any]:
             test_probs = logits["test"].softmax(-1).numpy()
             run_report.write_report(out, metrics, run.data["test"].labels, test_probs)
     return metrics
+
+
+def add_baseline(run: Run, metrics: dict[str, Any]) -> None:
+    """The TF-IDF baseline on the same splits, beside the model's metrics of each split, and a
+    line saying whether the model beats it on validation (a warning when it does not)."""
+    from gptclf.baseline import fit_baseline, verdict
+
+    fitted = fit_baseline(run.data, run.class_weights, run.cfg.seed)
+    for split, values in fitted.items():
+        metrics[split]["baseline"] = values
+    beaten, line = verdict(metrics["validation"]["accuracy"], fitted["validation"]["accuracy"])
+    (log.info if beaten else log.warning)("the model %s", line)

@@ -182,6 +182,11 @@ class TrainConfig:
         "once a minute; always at the end of an epoch)",
         metavar="N",
     )
+    baseline: bool = option(
+        True,
+        "skip the TF-IDF + logistic regression baseline fitted beside the model",
+        flag="--no-baseline",
+    )
     report: bool = option(
         True, "no plots or report.md in the checkpoint directory", flag="--no-report"
     )

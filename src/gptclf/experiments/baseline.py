@@ -2,7 +2,8 @@
 
 Returns the metric keys `gptclf.train.fit` returns (train/validation/test metrics from the same
 `metrics.logit_metrics`, `train_seconds`, parameter counts, ...), so the runner and the report
-treat it like any other row. Needs scikit-learn (`pip install 'gptclf[experiments]'`).
+treat it like any other row. (Word n-grams only, as the row was run; every training run also fits
+`gptclf.baseline`, with character n-grams too.)
 """
 
 from __future__ import annotations
@@ -11,27 +12,18 @@ import dataclasses
 import time
 from typing import Any
 
-import numpy as np
-
 from gptclf.balance import class_weights
+from gptclf.baseline import C_GRID, select_logreg
 from gptclf.data import splits_from_config
-from gptclf.errors import GptclfError
 from gptclf.metrics import logit_metrics, misclassified
 from gptclf.train import SPLITS, TrainConfig
-
-C_GRID = (0.1, 1.0, 10.0, 100.0)  # inverse L2 strength; the best on validation is kept
 
 
 def tfidf_logreg(cfg: TrainConfig, c_grid: tuple[float, ...] = C_GRID) -> dict[str, Any]:
     """Fit word 1-2-gram TF-IDF + logistic regression on cfg's training split; pick C by
     validation accuracy (ties: the smaller C, i.e. the stronger regularisation)."""
-    try:
-        from sklearn.feature_extraction.text import TfidfVectorizer
-        from sklearn.linear_model import LogisticRegression
-    except ImportError:
-        raise GptclfError(
-            "the TF-IDF baseline needs scikit-learn: pip install 'gptclf[experiments]'"
-        ) from None
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
     started = time.perf_counter()
     data = dict(zip(SPLITS, splits_from_config(dataclasses.asdict(cfg)), strict=True))
     train = data["train"]
@@ -40,20 +32,11 @@ def tfidf_logreg(cfg: TrainConfig, c_grid: tuple[float, ...] = C_GRID) -> dict[s
     features = {"train": vectorizer.fit_transform(train.texts)}
     features.update({n: vectorizer.transform(data[n].texts) for n in SPLITS[1:]})
     weights = class_weights(cfg.class_weights, train)  # as the neural rows weight their loss
-    per_class = None if weights is None else dict(enumerate(weights))
-    best, best_acc, history = None, -1.0, []
-    for c in c_grid:
-        model = LogisticRegression(
-            C=c, solver="liblinear", class_weight=per_class, random_state=cfg.seed
-        )
-        model.fit(features["train"], train.labels)
-        acc = float(np.mean(model.predict(features["validation"]) == data["validation"].labels))
-        history.append({"C": c, "validation_accuracy": acc})
-        if acc > best_acc:
-            best, best_acc = model, acc
+    # primal, and scikit-learn's default max_iter: as the row's results were computed
+    best, history = select_logreg(
+        features, data, weights, cfg.seed, c_grid, dual=False, max_iter=100
+    )
     train_seconds = time.perf_counter() - train_start
-    # every class occurs in the training split (data.check_splits), so column k is class k
-    assert list(best.classes_) == list(range(len(train.label_names)))
     metrics: dict[str, Any] = {
         name: logit_metrics(
             best.predict_log_proba(features[name]), data[name].labels, train.label_names
