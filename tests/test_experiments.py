@@ -55,17 +55,16 @@ def tiny_table(split):
 TINY_QUESTIONS = {"trainable": Question("Which layers should train?", "Head or last block?")}
 
 
-def count_fit(monkeypatch):
-    """Replace train.fit by a wrapper that records each call's (model, trainable, seed, metrics)."""
-    calls, real = [], train.fit
+def count_fit():
+    """A `train.fit` that records each call's (trainable, seed, metrics): passed to the runner."""
+    calls = []
 
     def fit(cfg):
-        metrics = real(cfg)
+        metrics = train.fit(cfg)
         calls.append((cfg.trainable, cfg.seed, metrics))
         return metrics
 
-    monkeypatch.setattr(train, "fit", fit)
-    return calls
+    return calls, fit
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +74,8 @@ def ran(small_split, tmp_path_factory):
     results = tmp_path_factory.mktemp("results")
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr("torch.cuda.is_available", lambda: False)
-        calls = count_fit(mp)
-        outcomes = runner.run("all", SEEDS, results, table)
+        calls, fit = count_fit()
+        outcomes = runner.run("all", SEEDS, results, table, fit=fit)
     return results, table, outcomes, calls
 
 
@@ -105,30 +104,30 @@ def test_runner_runs_each_row_and_seed_and_caches_a_result(ran):
     assert not list(results.rglob("*.tmp"))  # atomic writes leave no temp files
 
 
-def test_runner_skips_finished_runs_and_resumes(ran, tmp_path, monkeypatch):
+def test_runner_skips_finished_runs_and_resumes(ran, tmp_path):
     results, table, _, _ = ran
     shutil.copytree(results, tmp_path, dirs_exist_ok=True)
-    calls = count_fit(monkeypatch)
-    outcomes = runner.run(["tiny-head", "tiny-last"], [1, 2, 3], tmp_path, table)
+    calls, fit = count_fit()
+    outcomes = runner.run(["tiny-head", "tiny-last"], [1, 2, 3], tmp_path, table, fit=fit)
     assert [(o.name, o.seed, o.status) for o in outcomes] == [
         ("tiny-last", 1, "cached"), ("tiny-last", 2, "cached"), ("tiny-last", 3, "done"),
         ("tiny-head", 1, "cached"), ("tiny-head", 2, "cached"), ("tiny-head", 3, "done"),
     ]  # fmt: skip
     assert [(trainable, seed) for trainable, seed, _ in calls] == [("last_block", 3), ("head", 3)]
-    assert runner.run(["tiny-head"], [3], tmp_path, table)[0].status == "cached"
+    assert runner.run(["tiny-head"], [3], tmp_path, table, fit=fit)[0].status == "cached"
     assert len(calls) == 2
 
 
-def test_partial_stale_or_failed_results_do_not_count(ran, tmp_path, monkeypatch):
+def test_partial_stale_or_failed_results_do_not_count(ran, tmp_path):
     results, table, _, _ = ran
     shutil.copytree(results, tmp_path, dirs_exist_ok=True)
     path = runner.result_path(tmp_path, "tiny-head", 1)
     whole = path.read_text()
-    calls = count_fit(monkeypatch)
+    calls, fit = count_fit()
 
     path.write_text(whole[: len(whole) // 2])  # a file cut short by a crash
     assert runner.load_result(path, table["tiny-head"]) is None
-    assert runner.run(["tiny-head"], [1], tmp_path, table)[0].status == "done"
+    assert runner.run(["tiny-head"], [1], tmp_path, table, fit=fit)[0].status == "done"
     assert len(calls) == 1 and json.loads(path.read_text())["seed"] == 1
 
     record = json.loads(path.read_text())  # a result of the time the seed also split the data
@@ -146,7 +145,7 @@ def test_partial_stale_or_failed_results_do_not_count(ran, tmp_path, monkeypatch
     record = json.loads(whole)
     record["overrides"]["lr"] = 0.5  # made with settings the row no longer has
     path.write_text(json.dumps(record))
-    assert runner.run(["tiny-head"], [1], tmp_path, table)[0].status == "done"
+    assert runner.run(["tiny-head"], [1], tmp_path, table, fit=fit)[0].status == "done"
     record = json.loads(whole)  # made before a factor existed: read from its TrainConfig
     ran_with = record["config"]["train_config"]["epochs"]
     del record["overrides"]["epochs"]
@@ -170,14 +169,13 @@ def test_partial_stale_or_failed_results_do_not_count(ran, tmp_path, monkeypatch
     del record["test_f1"]  # a record missing a key
     record["overrides"] = json.loads(whole)["overrides"]
     path.write_text(json.dumps(record))
-    assert runner.run(["tiny-head"], [1], tmp_path, table)[0].status == "done"
+    assert runner.run(["tiny-head"], [1], tmp_path, table, fit=fit)[0].status == "done"
     assert len(calls) == 3
 
     def crash(cfg):
         raise RuntimeError("out of memory")
 
-    monkeypatch.setattr(train, "fit", crash)
-    (failed,) = runner.run(["tiny-head"], [9], tmp_path, table)
+    (failed,) = runner.run(["tiny-head"], [9], tmp_path, table, fit=crash)
     assert failed.status == "failed" and "out of memory" in failed.reason
     assert not runner.result_path(tmp_path, "tiny-head", 9).exists()
 
@@ -277,12 +275,14 @@ def test_unknown_names_and_bad_flags_are_one_line_errors(tmp_path, capsys):
 def test_cli_list_run_and_report(ran, tmp_path, capsys, monkeypatch):
     results, table, _, _ = ran
     monkeypatch.setattr(runner, "EXPERIMENTS", table)
-    calls = count_fit(monkeypatch)
+    written = {p: p.stat().st_mtime_ns for p in results.rglob("*.json")}
     assert (
         main(["experiments", "run", "tiny-last", "--seeds", "2,1", "--results", str(results)]) == 0
     )
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert [(x["seed"], x["status"]) for x in lines] == [(2, "cached"), (1, "cached")] and not calls
+    assert [(x["seed"], x["status"]) for x in lines] == [(2, "cached"), (1, "cached")]
+    # nothing ran again: every result file is the one written before
+    assert {p: p.stat().st_mtime_ns for p in results.rglob("*.json")} == written
     assert main(["experiments", "list", "--seeds", "1,2,3", "--results", str(results)]) == 0
     listed = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()}
     assert listed["tiny-last"][3] == listed["tiny-tfidf"][3] == "2/3"
@@ -531,7 +531,8 @@ def test_tuning_rows_are_the_old_recipe_search():
     assert [e.name for e in rows] == list(grid) and QUESTIONS["tuning"].search
     for exp in rows:
         ran = TrainConfig(**{**base, **grid[exp.name]}, bucket=True,  # the default it ran with
-                          out=None, report=False, progress=False, split_seed=123)  # fmt: skip
+                          out=None, report=False, progress=False, baseline=False,
+                          split_seed=123)  # fmt: skip
         assert exp.train_config() == ran, exp.name
         assert exp.cpu_minutes and "tune_smollm2.jsonl" in exp.note, exp.name
     assert not any(q.search for qid, q in QUESTIONS.items() if qid != "tuning")

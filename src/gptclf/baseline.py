@@ -44,15 +44,25 @@ def select_logreg(
     class_weights: list[float] | None,
     seed: int,
     c_grid: tuple[float, ...] = C_GRID,
+    dual: bool = True,
+    max_iter: int = 1000,
 ) -> tuple[Any, list[dict[str, float]]]:
-    """The logistic regression with the best validation accuracy over `c_grid`, and the grid."""
+    """The logistic regression with the best validation accuracy over `c_grid`, and the grid.
+
+    dual: liblinear's dual problem, ~15x faster with many more n-grams than texts (the usual
+    case: 53k features for the SMS split's 1,045 texts, 0.2 s a fit instead of 3 s)."""
     from sklearn.linear_model import LogisticRegression
 
     per_class = None if class_weights is None else dict(enumerate(class_weights))
     best, best_acc, history = None, -1.0, []
     for c in c_grid:
         model = LogisticRegression(
-            C=c, solver="liblinear", class_weight=per_class, random_state=seed
+            C=c,
+            solver="liblinear",
+            dual=dual,
+            max_iter=max_iter,
+            class_weight=per_class,
+            random_state=seed,
         )
         model.fit(features["train"], data["train"].labels)
         acc = float(np.mean(model.predict(features["validation"]) == data["validation"].labels))

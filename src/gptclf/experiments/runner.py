@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import platform
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -242,17 +242,20 @@ def versions(method: str = "fit") -> dict[str, str]:
     return out
 
 
-def run_one(exp: Experiment, seed: int, cache_dir: Path | None = None) -> dict[str, Any]:
+def run_one(
+    exp: Experiment, seed: int, cache_dir: Path | None = None, fit: Callable | None = None
+) -> dict[str, Any]:
     """Train (or fit the baseline of) one row with one seed; the record cached as JSON.
 
-    With `cache_dir`, rows and seeds with the same frozen prefix compute it once (prefix_cache)."""
+    With `cache_dir`, rows and seeds with the same frozen prefix compute it once (prefix_cache).
+    `fit`: the training function (default `train.fit`; tests pass a recording wrapper)."""
     cfg = exp.train_config(seed, cache_dir=str(cache_dir) if cache_dir else None)
     if exp.method == "tfidf":
         from gptclf.experiments.baseline import tfidf_logreg
 
         metrics = tfidf_logreg(cfg)
     else:
-        metrics = train.fit(cfg)
+        metrics = (fit or train.fit)(cfg)
     return {
         "format": FORMAT,
         "name": exp.name,
@@ -288,6 +291,7 @@ def run(
     results_dir: str | Path | None = None,
     experiments: dict[str, Experiment] | None = None,
     cache_dir: str | Path | None = None,
+    fit: Callable | None = None,
 ) -> list[Outcome]:
     """Run every (row, seed) not cached yet; returns what happened to each, in order.
 
@@ -319,7 +323,7 @@ def run(
                 continue
             log.info("running %s seed %d", exp.name, seed)
             try:
-                record = run_one(exp, seed, Path(cache_dir) if cache_dir else None)
+                record = run_one(exp, seed, Path(cache_dir) if cache_dir else None, fit)
             except Exception as exc:  # one broken row must not stop an overnight table
                 log.exception("%s seed %d failed", exp.name, seed)
                 outcomes.append(
