@@ -88,8 +88,14 @@ class Parser(argparse.ArgumentParser):
         # "argument --pool: --pool must be one of ...": the check's message names the flag
         own = re.fullmatch(r"argument (--[\w-]+)(?:/--[\w-]+)?: (\1 .*)", message, re.S)
         if own:
-            self.exit(2, f"gptclf: error: {own.group(2)}\n")
+            print(f"gptclf: error: {own.group(2)}", file=sys.stderr)
+            raise RejectedValue(2)
         super().error(message)
+
+
+class RejectedValue(SystemExit):
+    """argparse stopped on a value `TrainConfig` rejects: `main` returns 2, as for the API's
+    errors (a SystemExit still, for code that calls `parse_args` directly)."""
 
 
 def add_column_args(p: argparse.ArgumentParser, default: str | None = None, label=True) -> None:
@@ -449,7 +455,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    try:
+        args = parse_args(argv)
+    except RejectedValue as stop:
+        return stop.code
     rank = int(os.environ.get("RANK", "0"))  # set by torchrun: only rank 0 logs
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO if rank == 0 else logging.WARNING,
