@@ -330,6 +330,14 @@ def cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from gptclf.export import export
+
+    out = export(args.checkpoint, args.out, args.format, int8=args.int8, force=args.force)
+    print(json.dumps({"out": str(out), "format": args.format, "files": sorted(os.listdir(out))}))
+    return 0
+
+
 def cmd_experiments_list(args: argparse.Namespace) -> int:
     import torch
 
@@ -462,6 +470,15 @@ def build_parser(recipe: str = "book") -> argparse.ArgumentParser:
     )
     p.add_argument("--batch-size", type=int, default=32)
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("export", help="write a classifier as ONNX or a transformers directory")
+    p.add_argument("checkpoint")
+    # Checked by `export` itself (not `choices`): a bad format is then one `gptclf: error:` line.
+    p.add_argument("--format", required=True, metavar="{onnx,hf}", help="onnx | hf")
+    p.add_argument("--out", required=True, metavar="DIR", help="new (or empty) directory")
+    p.add_argument("--int8", action="store_true", help="onnx: also model_int8.onnx (dynamic)")
+    p.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("data", help="dataset utilities")
     data_sub = p.add_subparsers(dest="data_command", required=True)
