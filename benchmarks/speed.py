@@ -46,6 +46,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ch6_gap  # noqa: E402
+import export_onnx  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "speed"
@@ -789,6 +790,7 @@ def render(results: dict[str, list[dict]]) -> str:
                 )
     lines += targets(results)
     lines += ch6_gap.section(results)
+    lines += export_onnx.section()
     return "\n".join(lines) + "\n"
 
 

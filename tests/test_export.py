@@ -91,6 +91,7 @@ def write_run(
     lora: dict | None = None,
     head_bias: bool = True,
     seed: int = 0,
+    max_length: int | None = None,
     **train_config,
 ) -> Path:
     """A classifier checkpoint as `gptclf train` writes it, with random weights."""
@@ -107,7 +108,7 @@ def write_run(
         pool=pool,
         padding=padding,
         # BERT: no text reaches it (gptclf cuts [SEP] off a long text, transformers keeps it)
-        max_length=128 if arch == "bert" else 48,
+        max_length=max_length or (128 if arch == "bert" else 48),
         base={"name": f"{arch}-tiny", "weights": "random"},
         train_config={"precision": "fp32", "truncation": "head", **train_config},
         lora=lora,
@@ -133,6 +134,8 @@ def onnx_probabilities(out: Path, texts: list[str], model_file: str = "model.onn
     import onnxruntime
 
     config = json.loads((out / "config.json").read_text())
+    if config["prompt"]:  # the deployment's job, as config.json says
+        texts = [config["prompt"].replace("{text}", text) for text in texts]
     tokenizer = HFTokenizer.from_file(str(out / "tokenizer.json"))
     encodings = tokenizer.encode_batch(texts, add_special_tokens=config["add_special_tokens"])
     feed = {
@@ -253,6 +256,19 @@ def test_hf_refuses_pooling_it_cannot_compute(tmp_path, arch, pool, options, mes
     run = write_run(tmp_path / "run", arch, pool, **options)
     with pytest.raises(GptclfError, match=message):
         export(run, tmp_path / "hf", "hf")
+
+
+def test_gpt2_head_bias_fold_is_exact_or_refused():
+    from gptclf.weights.hf_export import fold_head_bias
+
+    generator = torch.Generator().manual_seed(0)
+    weight, bias = torch.randn(3, 16, generator=generator), torch.randn(3, generator=generator)
+    beta = torch.randn(16, generator=generator)
+    folded = fold_head_bias(weight, bias, beta)
+    torch.testing.assert_close(weight @ folded, weight @ beta + bias, atol=1e-5, rtol=0)
+    weight[2] = weight[1]  # two classes read the same direction but want different biases
+    with pytest.raises(GptclfError, match="cannot be moved into ln_f"):
+        fold_head_bias(weight, bias, beta)
 
 
 def test_hf_refuses_a_decoder_without_causal_mask(tmp_path):

@@ -199,6 +199,7 @@ def write_hf(
     from gptclf.weights.hf_export import classifier_to_hf
 
     architecture, (hf_config, state) = classifier_to_hf(model)
+    log.info("as %s", architecture)
     prompt = info.train_config.get("prompt")
     if prompt:
         log.warning("put each text in the prompt template before the pipeline: %r", prompt)
@@ -216,7 +217,6 @@ def write_hf(
     write_json(directory / "config.json", hf_config)
     tokenizer.backend.save(str(directory / TOKENIZER_FILE))  # no padding/truncation set in it
     write_json(directory / "tokenizer_config.json", hf_tokenizer_config(tokenizer, info))
-    log.info("wrote %s to %s", architecture, directory)
 
 
 def hf_tokenizer_config(tokenizer: Tokenizer, info: ClassifierInfo) -> dict[str, Any]:

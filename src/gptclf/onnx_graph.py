@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -72,6 +74,27 @@ class GraphClassifier(nn.Module):
         return model.head(pool(hidden, attention_mask, model.pool_mode))
 
 
+@contextmanager
+def quiet() -> Iterator[None]:
+    """The exporter and the quantizer log every pass and node at INFO (the quantizer on the root
+    logger) and warn about optional packages: none of it is for the user. Errors still show."""
+    names = ["torch.onnx", "onnxscript", "onnx_ir", ""]
+    levels = {name: logging.getLogger(name).level for name in names}
+    gptclf = logging.getLogger("gptclf")
+    own = gptclf.level
+    gptclf.setLevel(gptclf.getEffectiveLevel())  # ours keep their level while root is raised
+    try:
+        for name in names:
+            logging.getLogger(name).setLevel(logging.ERROR)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+        gptclf.setLevel(own)
+
+
 def sample_inputs(vocab_size: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(input_ids, attention_mask) of 2 rows x 8 tokens, the second right-padded: sizes above 1,
     so `torch.export` keeps both axes symbolic; random ids, fixed seed."""
@@ -98,8 +121,7 @@ def export_onnx(model: SequenceClassifier, path: Path) -> None:
     sequence = torch.export.Dim("sequence", min=1, max=config.context_length)
     shapes = {name: {0: batch, 1: sequence} for name in INPUTS}
     size = sum(p.numel() * p.element_size() for p in model.parameters())
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # the exporter's notices are not the user's business
+    with quiet(), torch.no_grad():
         torch.onnx.export(
             GraphClassifier(model).eval(),
             sample_inputs(config.vocab_size, 0),
@@ -144,6 +166,7 @@ def quantize_int8(source: Path, target: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     large = source.with_name(source.name + ".data").exists()  # weights beside the graph
-    quantize_dynamic(
-        str(source), str(target), weight_type=QuantType.QInt8, use_external_data_format=large
-    )
+    with quiet():
+        quantize_dynamic(
+            str(source), str(target), weight_type=QuantType.QInt8, use_external_data_format=large
+        )
