@@ -240,6 +240,14 @@ def cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from gptclf.export import export
+
+    out = export(args.checkpoint, args.out, args.format, int8=args.int8, force=args.force)
+    print(json.dumps({"out": str(out), "format": args.format, "files": sorted(os.listdir(out))}))
+    return 0
+
+
 def cmd_experiments_list(args: argparse.Namespace) -> int:
     import torch
 
@@ -384,6 +392,15 @@ def add_inference_commands(sub) -> None:
         "--no-ui", dest="ui", action="store_false", help="no page at / (the JSON API only)"
     )
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("export", help="write a classifier as ONNX or a transformers directory")
+    p.add_argument("checkpoint")
+    # Checked by `export` itself (not `choices`): a bad format is then one `gptclf: error:` line.
+    p.add_argument("--format", required=True, metavar="{onnx,hf}", help="onnx | hf")
+    p.add_argument("--out", required=True, metavar="DIR", help="new (or empty) directory")
+    p.add_argument("--int8", action="store_true", help="onnx: also model_int8.onnx (dynamic)")
+    p.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    p.set_defaults(func=cmd_export)
 
 
 def add_data_commands(sub) -> None:

@@ -73,9 +73,11 @@ def convert_hf_gpt2(
     return state
 
 
-def save_hf_gpt2(directory: Path, config: ModelConfig, state: dict[str, torch.Tensor]) -> None:
-    """Write our GPT-2-style weights as config.json + model.safetensors in the Hugging Face layout
-    (what `load_hf_gpt2` reads back): `convert_hf_gpt2` inverted. Tokenizer files are the caller's."""
+def gpt2_to_hf(
+    config: ModelConfig, state: dict[str, torch.Tensor]
+) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(config.json fields, state dict) in the Hugging Face GPT-2 layout: `convert_hf_gpt2` inverted.
+    Pure; `state` holds our backbone keys (no `lm_head.weight` needed when tied)."""
     gpt2 = dict(arch="decoder", norm="layernorm", mlp="gelu_tanh", positions="learned", bias=True)
     if any(getattr(config, k) != v for k, v in gpt2.items()) or config.n_kv_head != config.n_head:
         raise GptclfError(f"config {config.name} is not GPT-2-shaped")
@@ -86,6 +88,13 @@ def save_hf_gpt2(directory: Path, config: ModelConfig, state: dict[str, torch.Te
         for key, tensor in state.items()
         if not (key == "lm_head.weight" and config.tie_embeddings)  # tied: wte.weight
     }
+    return hf_config, hf_state
+
+
+def save_hf_gpt2(directory: Path, config: ModelConfig, state: dict[str, torch.Tensor]) -> None:
+    """Write our GPT-2-style weights as config.json + model.safetensors in the Hugging Face layout
+    (what `load_hf_gpt2` reads back). Tokenizer files are the caller's."""
+    hf_config, hf_state = gpt2_to_hf(config, state)
     write_json(directory / "config.json", hf_config)
     save_file(hf_state, str(directory / "model.safetensors"), metadata={"format": "pt"})
 
