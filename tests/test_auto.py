@@ -99,3 +99,15 @@ def test_patience_stops_after_epochs_without_a_better_validation_accuracy(small_
     assert metrics["best_epoch"] == 1
     with pytest.raises(GptclfError, match="--patience must be at least 1"):
         tiny(small_split, patience=0)
+
+
+def test_baseline_fits_more_than_two_classes():
+    # scikit-learn >= 1.8's liblinear refuses 3+ classes: every multi-class run ended in an error
+    from gptclf.baseline import fit_baseline
+    from gptclf.data import LabeledTexts
+
+    texts = [f"{w} {w} thing {i}" for i in range(12) for w in ("apple", "rocket", "violin")]
+    labels = [i % 3 for i in range(36)]
+    split = LabeledTexts(texts, labels, ["fruit", "space", "music"])
+    fitted = fit_baseline({"train": split, "validation": split, "test": split}, None, 123)
+    assert fitted["test"]["accuracy"] == 1.0
