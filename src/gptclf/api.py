@@ -96,7 +96,7 @@ class Classifier:
     @classmethod
     def train(cls, recipe: str | None = None, **options: Any) -> Classifier:
         """Train like `gptclf train` into `out` (default runs/latest) and return the kept (best or
-        last) checkpoint, loaded. `recipe`: book or smollm2 (default: smollm2, but book when a
+        last) checkpoint, loaded. `recipe`: book, smollm2 or auto (default: smollm2, but book when a
         `model` is given); options = `TrainConfig` fields, e.g. data, text_columns, label_column,
         model, epochs, out."""
         from gptclf.train import TrainConfig, fit
@@ -108,7 +108,12 @@ class Classifier:
         cfg = config_for(recipe, **options)
         if cfg.out is None:
             raise GptclfError("Classifier.train needs an out directory to load the result from")
-        fit(cfg)
+        if recipe == "auto":
+            from gptclf.auto import fit_auto
+
+            fit_auto(cfg)
+        else:
+            fit(cfg)
         return cls.load(cfg.out)
 
     @property

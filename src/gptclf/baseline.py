@@ -54,16 +54,15 @@ def select_logreg(
     from sklearn.linear_model import LogisticRegression
 
     per_class = None if class_weights is None else dict(enumerate(class_weights))
+    # liblinear for two classes; scikit-learn >= 1.8 refuses it for more: lbfgs (multinomial)
+    binary = len(data["train"].label_names) == 2
+    if binary:
+        solver = {"solver": "liblinear", "dual": dual, "max_iter": max_iter}
+    else:
+        solver = {"solver": "lbfgs", "max_iter": 1000}
     best, best_acc, history = None, -1.0, []
     for c in c_grid:
-        model = LogisticRegression(
-            C=c,
-            solver="liblinear",
-            dual=dual,
-            max_iter=max_iter,
-            class_weight=per_class,
-            random_state=seed,
-        )
+        model = LogisticRegression(C=c, class_weight=per_class, random_state=seed, **solver)
         model.fit(features["train"], data["train"].labels)
         acc = float(np.mean(model.predict(features["validation"]) == data["validation"].labels))
         history.append({"C": c, "validation_accuracy": acc})

@@ -30,7 +30,8 @@ def add_train_args(p: argparse.ArgumentParser, recipe: str = "book") -> None:
         default=None,
         choices=sorted(RECIPES),
         help="named defaults: book (chapter 6) or smollm2 (the main job; the default, but for "
-        "book where --model is given)",
+        "book where --model is given); auto: smollm2's defaults, then a few candidate settings "
+        "(trained blocks, lr) tried and the best on validation kept (--time-budget)",
     )
     for f in dataclasses.fields(TrainConfig):
         add_field_flag(p, f, defaults[f.name])
@@ -121,9 +122,17 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
-    from gptclf.train import fit  # torch: after the options are checked
+    if args.recipe == "auto":
+        from gptclf.auto import check_budget, fit_auto
 
-    metrics = fit(cfg)
+        check_budget(cfg)  # a budget too short is an error before torch loads
+        metrics = fit_auto(cfg)
+    else:
+        if cfg.time_budget is not None:
+            log.warning("--time-budget applies to --recipe auto only: ignored")
+        from gptclf.train import fit  # torch: after the options are checked
+
+        metrics = fit(cfg)
     summary = {
         name: {k: metrics[name][k] for k in ("accuracy", "precision", "recall", "f1", "n")}
         for name in ("train", "validation", "test")
@@ -140,6 +149,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         trainable_params=metrics["trainable_params"],
         out=cfg.out,
     )
+    if "winner" in metrics.get("auto", {}):
+        summary["auto"] = {k: metrics["auto"][k] for k in ("winner", "why")}
     print(json.dumps(summary, indent=2))
     return 0
 

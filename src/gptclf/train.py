@@ -164,11 +164,28 @@ def fit(cfg: TrainConfig, parts: TrainParts | None = None) -> dict[str, Any]:
                 resume.save(run, epoch + 1, 0)
                 if run.stop_signal:
                     raise resume.stop(run, epoch + 1, 0)
+                if stop_early(run, epoch):
+                    break
         metrics = finish(run, started)
         resume.finished(run)
         return metrics
     finally:
         distributed.teardown(d)
+
+
+def stop_early(run: Run, epoch: int) -> bool:
+    """`--patience N`: true after N epochs in a row not kept as the best (validation accuracy,
+    ties: lower validation loss)."""
+    patience = run.cfg.patience
+    if patience is None or epoch >= run.cfg.epochs or epoch - run.best_epoch < patience:
+        return False
+    log.info(
+        "early stop after epoch %d: no better validation result for %d epochs (best: epoch %d)",
+        epoch,
+        patience,
+        run.best_epoch,
+    )
+    return True
 
 
 def prepare(cfg: TrainConfig, d: Dist, device: torch.device, parts: TrainParts) -> Run:

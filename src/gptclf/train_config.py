@@ -121,6 +121,12 @@ class TrainConfig:
         parse=unescape_newlines,
     )
     epochs: int = option(5, "training epochs")
+    patience: int | None = option(
+        None,
+        "stop after N epochs in a row without a better validation accuracy (ties: a lower "
+        "validation loss) (default: every epoch runs)",
+        metavar="N",
+    )
     select: str = option(
         "best",
         "the epoch kept: best validation accuracy (default) or the last (as the book)",
@@ -182,6 +188,12 @@ class TrainConfig:
         "once a minute; always at the end of an epoch)",
         metavar="N",
     )
+    time_budget: str | None = option(
+        None,
+        "with --recipe auto: the most time the search over candidates may take, e.g. 90s, "
+        "10m, 1h (default: every candidate runs)",
+        metavar="DURATION",
+    )
     baseline: bool = option(
         True,
         "skip the TF-IDF + logistic regression baseline fitted beside the model",
@@ -232,7 +244,7 @@ PATH_FIELDS = ("model", "data", "validation", "test", "cache_dir", "out")
 # Integer fields that count something: at least 1.
 COUNTS = {
     "lora_rank", "lora_blocks", "max_length", "epochs", "batch_size", "grad_accum",
-    "eval_batch_size", "save_every",
+    "eval_batch_size", "save_every", "patience",
 }  # fmt: skip
 
 
@@ -256,6 +268,8 @@ def check_values(cfg: TrainConfig) -> None:
         raise GptclfError(
             "--compile needs a C++ compiler for Inductor (g++ or clang++, or set CXX)"
         )
+    if cfg.time_budget is not None:
+        parse_duration(cfg.time_budget)
     if cfg.resume and cfg.fsdp:
         raise GptclfError("--resume does not support --fsdp yet (its optimizer state is sharded)")
     if cfg.out is not None and os.path.exists(cfg.out) and not os.path.isdir(cfg.out):
@@ -266,6 +280,16 @@ def check_values(cfg: TrainConfig) -> None:
     parse_class_weights(cfg.class_weights)
     if cfg.prompt is not None:
         split_prompt(cfg.prompt)  # exactly one "{text}"
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in `90s`, `10m`, `1.5h` or a bare number of seconds (`--time-budget`)."""
+    found = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", str(text))
+    if not found or float(found.group(1)) <= 0:
+        raise GptclfError(
+            f"--time-budget must be a positive duration like 90s, 10m or 1h, got {text!r}"
+        )
+    return float(found.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[found.group(2)]
 
 
 def has_cpp_compiler() -> bool:
@@ -288,6 +312,10 @@ RECIPES: dict[str, dict[str, Any]] = {
         bucket=False,  # random batches: 97.89 +- 0.19% vs 96.89 +- 1.17% bucketed (RESULTS.md)
     ),
 }
+# "auto": the smollm2 recipe's defaults, then a search over a few candidate settings on
+# validation (auto.py); the defaults shown by --help are smollm2's.
+AUTO = "auto"
+RECIPES[AUTO] = RECIPES["smollm2"]
 
 
 def recipe_defaults(recipe: str) -> dict[str, Any]:
