@@ -2,6 +2,7 @@
 
     POST /classify  {"texts": ["...", ...]}  → {"predictions": [{"label", "probability",
                                                                  "probabilities"}, ...]}
+                                                (multi-label: [{"labels", "probabilities"}])
     GET  /health                              → {"status": "ok"}
     GET  /info                                → model, labels, text columns, limits, metrics
 
@@ -206,12 +207,7 @@ def create_app(
             preds: list[Prediction] = await asyncio.wrap_future(batcher.submit(texts))
         except GptclfError as exc:  # e.g. a text that encodes to no tokens
             raise HTTPException(422, str(exc)) from None
-        return {
-            "predictions": [
-                {"label": p.label, "probability": p.probability, "probabilities": p.probabilities}
-                for p in preds
-            ]
-        }
+        return {"predictions": [p.to_dict() for p in preds]}
 
     return app
 
@@ -231,6 +227,13 @@ def describe(classifier: Classifier, limits: Limits) -> dict[str, Any]:
     info = classifier.info
     metrics = classifier.metrics or {}
     keys = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc", "pr_auc", "n")
+    multi = {}
+    if classifier.multi_label:
+        keys = ("subset_accuracy", "micro_f1", "macro_f1", "hamming_loss", "roc_auc", "n")
+        multi = {
+            "multi_label": True,
+            "thresholds": dict(zip(classifier.labels, classifier.thresholds, strict=True)),
+        }
     return {
         "model": {
             "base": info.base,
@@ -240,6 +243,7 @@ def describe(classifier: Classifier, limits: Limits) -> dict[str, Any]:
             "truncation": classifier.truncation,
         },
         "labels": classifier.labels,
+        **multi,
         "text_columns": classifier.text_columns,
         "limits": asdict(limits),
         "metrics": {
