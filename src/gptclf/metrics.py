@@ -184,7 +184,7 @@ def multilabel_metrics(
     names = list(label_names) if label_names is not None else [str(c) for c in range(y.shape[1])]
     if len(names) != y.shape[1]:
         raise ValueError(f"{len(names)} label names for {y.shape[1]} labels")
-    tp, fp, fn = (y & p).sum(0), (~y & p).sum(0), (y & ~p).sum(0)
+    tp, fp, fn = ((y & p).sum(0).tolist(), (~y & p).sum(0).tolist(), (y & ~p).sum(0).tolist())
     per_label: dict[str, dict[str, Any]] = {}
     for c, name in enumerate(names):
         per_label[name] = {
@@ -194,7 +194,7 @@ def multilabel_metrics(
             "support": int(y[:, c].sum()),
             "predicted": int(p[:, c].sum()),
         }
-    TP, FP, FN = int(tp.sum()), int(fp.sum()), int(fn.sum())
+    TP, FP, FN = sum(tp), sum(fp), sum(fn)
     macro = {
         k: float(np.mean([m[k] for m in per_label.values()])) for k in ("precision", "recall", "f1")
     }
