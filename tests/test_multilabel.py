@@ -8,6 +8,8 @@ import json
 import logging
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -277,6 +279,36 @@ def test_an_interrupted_multilabel_run_resumes_to_the_same_result(tmp_path: Path
         assert resumed[split]["micro_f1"] == whole[split]["micro_f1"]
     assert resumed["history"] == whole["history"]
     assert resumed["train_curve"] == whole["train_curve"]
+
+
+def test_ddp_equals_a_single_process_run(tmp_path: Path) -> None:
+    """torchrun, 2 CPU processes with batch 4 = one process with batch 8 (frozen-prefix cache,
+    dynamic padding, positive weights)."""
+    data = write_topics(tmp_path / "t.csv", topics(64))
+    flags = [
+        "train", "--data", str(data), *FLAGS, "--trainable", "last_block", "--pool", "last_real",
+        "--padding", "dynamic", "--class-weights", "auto", "--epochs", "2", "--no-report",
+    ]  # fmt: skip
+    assert main([*flags, "--batch-size", "8", "--out", str(tmp_path / "single")]) == 0
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    result = subprocess.run(
+        [*torchrun, "--nproc-per-node", "2", "-m", "gptclf", *flags, "--batch-size", "4",
+         "--out", str(tmp_path / "ddp")],
+        capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    single, ddp = (
+        json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("single", "ddp")
+    )
+    assert ddp["world_size"] == 2 and ddp["cached_from_block"] == single["cached_from_block"]
+    for name in ("train", "validation", "test"):
+        assert ddp[name]["n"] == single[name]["n"]
+        assert ddp[name]["loss"] == pytest.approx(single[name]["loss"], abs=2e-3)
+        for label, per in single[name]["per_label"].items():
+            assert ddp[name]["per_label"][label]["predicted"] == per["predicted"]
+    for a, b in zip(ddp["history"], single["history"], strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], abs=2e-3)
+    assert single["history"][0]["train_loss"] != single["history"][1]["train_loss"]
 
 
 def test_multilabel_logit_metrics_are_what_training_reports(run_dir: Path, clf: Classifier) -> None:
