@@ -5,6 +5,9 @@ clf = Classifier.train(data="reviews.csv", text_columns=["title", "body"], label
 clf = Classifier.load("runs/reviews")
 clf.predict(["great value", "broke after a week"])     # [Prediction(label, probability, ...)]
 clf.predict_file("new.csv", "scored.csv")              # streams; keeps the input columns
+
+A multi-label classifier (`train(multi_label=True)`) predicts for each text every label whose
+sigmoid probability reaches its threshold (`Prediction.labels`, the checkpoint's thresholds).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from gptclf.data import (
 )
 from gptclf.errors import GptclfError
 from gptclf.inference import predict_logits, resolve_precision
-from gptclf.metrics import logit_metrics
+from gptclf.metrics import logit_metrics, multilabel_logit_metrics, sigmoid
 from gptclf.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -44,10 +47,27 @@ FILE_CHUNK_ROWS = 256  # rows read, classified and written at a time by predict_
 
 @dataclass
 class Prediction:
+    """One text's prediction. Single-label: `label` (the most probable class), its
+    `probability` and every class's (softmax, summing to 1). Multi-label: `labels`, every label
+    whose probability reaches its threshold, most probable first (possibly none), and each
+    label's own probability (sigmoid); `label`/`probability` are then the first of `labels`
+    (None when no label is chosen)."""
+
     text: str
-    label: str
-    probability: float  # of the predicted label
+    label: str | None
+    probability: float | None  # of `label`
     probabilities: dict[str, float]
+    labels: list[str] | None = None  # multi-label only
+
+    def to_dict(self) -> dict[str, Any]:
+        """What `gptclf predict` prints and the server returns (without the text)."""
+        if self.labels is not None:
+            return {"labels": self.labels, "probabilities": self.probabilities}
+        return {
+            "label": self.label,
+            "probability": self.probability,
+            "probabilities": self.probabilities,
+        }
 
 
 class Classifier:
@@ -121,6 +141,23 @@ class Classifier:
         return self.info.labels
 
     @property
+    def multi_label(self) -> bool:
+        """Whether each text gets zero or more labels (sigmoid outputs, `thresholds`)."""
+        return self.info.multi_label
+
+    @property
+    def thresholds(self) -> list[float] | None:
+        """Multi-label: each label's decision threshold (0.5, or tuned on validation)."""
+        if not self.multi_label:
+            return None
+        return list(self.info.thresholds or [0.5] * len(self.labels))
+
+    @property
+    def label_sep(self) -> str | None:
+        """Multi-label: the separator of the labels in a table cell (None: single-label)."""
+        return self.info.train_config.get("label_sep", "|") if self.multi_label else None
+
+    @property
     def text_columns(self) -> list[str]:
         """The text column(s) it was trained on (the default for files to evaluate or predict)."""
         return list(self.info.train_config.get("text_columns") or DEFAULT_TEXT_COLUMNS)
@@ -172,8 +209,17 @@ class Classifier:
         )
 
     def predict_proba(self, texts: list[str], batch_size: int = 32) -> torch.Tensor:
-        """(N, num_classes) class probabilities, columns in the order of `labels`."""
-        return self._logits(texts, batch_size).softmax(dim=-1)
+        """(N, num_classes) class probabilities, columns in the order of `labels` (multi-label:
+        each label's own probability, the sigmoid of its logit)."""
+        logits = self._logits(texts, batch_size)
+        return logits.sigmoid() if self.multi_label else logits.softmax(dim=-1)
+
+    def chosen(self, probabilities: list[float]) -> list[str]:
+        """Multi-label: the labels at or above their thresholds, most probable first."""
+        hits = [
+            c for c, (p, t) in enumerate(zip(probabilities, self.thresholds, strict=True)) if p >= t
+        ]
+        return [self.labels[c] for c in sorted(hits, key=lambda c: -probabilities[c])]
 
     def predict(self, texts: list[str], batch_size: int = 32) -> list[Prediction]:
         """The most probable label of each text, with every class's probability."""
@@ -182,6 +228,14 @@ class Classifier:
         probs = self.predict_proba(texts, batch_size)
         out = []
         for text, row in zip(texts, probs.tolist(), strict=True):
+            probabilities = dict(zip(self.labels, row, strict=True))
+            if self.multi_label:
+                labels = self.chosen(row)
+                top = labels[0] if labels else None
+                out.append(
+                    Prediction(text, top, probabilities.get(top), probabilities, labels=labels)
+                )
+                continue
             best = max(range(len(row)), key=row.__getitem__)
             out.append(
                 Prediction(
@@ -196,9 +250,13 @@ class Classifier:
         text_columns: list[str] | None = None,
         label_column: str | None = None,
     ) -> LabeledTexts:
-        """A labelled file, read with the columns it was trained on unless others are given."""
+        """A labelled file, read with the columns it was trained on unless others are given
+        (multi-label: label cells split by the training's --label-sep)."""
         return load_dataset(
-            path, text_columns or self.text_columns, label_column or self.label_column
+            path,
+            text_columns or self.text_columns,
+            label_column or self.label_column,
+            self.label_sep,
         )
 
     def evaluate(self, data: LabeledTexts, batch_size: int = 32, errors: int = 0) -> dict[str, Any]:
@@ -206,13 +264,33 @@ class Classifier:
 
         ``errors=N`` adds ``errors``: the N most confident mistakes (highest probability given to
         a wrong label), each with its row number, text, true and predicted label.
+        Multi-label: multi-label metrics at the checkpoint's thresholds; see
+        ``most_confident_multilabel_errors``.
         """
+        if self.multi_label:
+            return self._evaluate_multilabel(data, batch_size, errors)
         labels = align_labels(data, self.labels, "the data", integer_indices=True).labels
         logits = self._logits(data.texts, batch_size).numpy()
         metrics = logit_metrics(logits, labels, self.labels)
         if errors:
             metrics["errors"] = most_confident_errors(
                 data.texts, labels, logits, self.labels, errors
+            )
+        return metrics
+
+    def _evaluate_multilabel(
+        self, data: LabeledTexts, batch_size: int, errors: int
+    ) -> dict[str, Any]:
+        if not data.multi_label:
+            raise GptclfError(
+                "the classifier is multi-label: read the data with Classifier.load_data"
+            )
+        targets = align_labels(data, self.labels, "the data").targets
+        logits = self._logits(data.texts, batch_size).numpy()
+        metrics = multilabel_logit_metrics(logits, targets, self.labels, self.thresholds)
+        if errors:
+            metrics["errors"] = most_confident_multilabel_errors(
+                data.texts, targets, sigmoid(logits), self, errors
             )
         return metrics
 
@@ -228,8 +306,10 @@ class Classifier:
 
         Rows are streamed in chunks of `FILE_CHUNK_ROWS`; the output keeps the input columns and
         adds ``predicted_label``, ``predicted_probability`` and, per class, ``probability_<label>``
-        (JSONL: a ``probabilities`` object). Rows with an empty text keep empty predictions. The
-        output appears only once complete (temporary file, renamed). Returns counts.
+        (JSONL: a ``probabilities`` object). Multi-label: ``predicted_labels`` (CSV/TSV: joined
+        by the label separator, most probable first; JSONL: a list) instead of the first two.
+        Rows with an empty text keep empty predictions. The output appears only once complete
+        (temporary file, renamed). Returns counts.
         """
         tables.table_format(output, tables.WRITE_FORMATS)  # fail before reading anything
         if Path(output).resolve() == Path(input).resolve():
@@ -239,7 +319,11 @@ class Classifier:
         with tables.open_table(input) as table:
             columns = tables.resolve_columns(table.columns, wanted, input)
             jsonl = tables.table_format(output) == "jsonl"
-            added = ["predicted_label", "predicted_probability"]
+            added = (
+                ["predicted_labels"]
+                if self.multi_label
+                else ["predicted_label", "predicted_probability"]
+            )
             added += ["probabilities"] if jsonl else [f"probability_{n}" for n in self.labels]
             if clash := [c for c in added if c in table.columns]:
                 log.warning("input columns %s are replaced by the predictions", clash)
@@ -270,10 +354,16 @@ class Classifier:
         probs = iter(self.predict_proba(texts, batch_size).tolist() if texts else [])
         for row, text in chunk:
             p = next(probs) if text else None
-            best = max(range(len(p)), key=p.__getitem__) if p else None
             row = dict(row)
-            row["predicted_label"] = self.labels[best] if p else None
-            row["predicted_probability"] = p[best] if p else None
+            if self.multi_label:
+                chosen = self.chosen(p) if p else None
+                row["predicted_labels"] = (
+                    chosen if jsonl or chosen is None else self.label_sep.join(chosen)
+                )
+            else:
+                best = max(range(len(p)), key=p.__getitem__) if p else None
+                row["predicted_label"] = self.labels[best] if p else None
+                row["predicted_probability"] = p[best] if p else None
             if jsonl:
                 row["probabilities"] = dict(zip(self.labels, p, strict=True)) if p else None
             else:
@@ -302,4 +392,29 @@ def most_confident_errors(
             "probability_of_label": float(probs[i, labels[i]]),
         }
         for i in wrong
+    ]
+
+
+def most_confident_multilabel_errors(
+    texts: list[str], targets: np.ndarray, probs: np.ndarray, clf: Classifier, n: int
+) -> list[dict[str, Any]]:
+    """The `n` texts whose predicted label set is wrong, most confidently wrong first: by the
+    largest distance from its threshold of a wrong decision (a label predicted that the text
+    does not have, or missed)."""
+    limits = np.asarray(clf.thresholds)
+    chosen = probs >= limits
+    wrong = chosen != np.asarray(targets).astype(bool)
+    margin = np.where(wrong, np.abs(probs - limits), -1.0).max(axis=1)
+    rows = np.flatnonzero(wrong.any(axis=1))
+    rows = rows[np.argsort(-margin[rows], kind="stable")][:n]
+    names = clf.labels
+    return [
+        {
+            "row": int(i) + 1,
+            "text": texts[i],
+            "labels": [names[c] for c in np.flatnonzero(targets[i])],
+            "predicted": clf.chosen(probs[i].tolist()),
+            "wrong": {names[c]: float(probs[i, c]) for c in np.flatnonzero(wrong[i])},
+        }
+        for i in rows
     ]

@@ -1,4 +1,5 @@
-"""Imbalanced training data: undersampling and class weights for the cross-entropy."""
+"""Imbalanced training data: undersampling and class weights for the cross-entropy (multi-label:
+positive weights per label for the binary cross-entropy)."""
 
 from __future__ import annotations
 
@@ -46,6 +47,8 @@ def class_weights(spec: str, train: LabeledTexts) -> list[float] | None:
     "balanced" (over the classes present); ``none`` = None; or explicit ``w1,w2,...``."""
     weights = parse_class_weights(spec)
     num_classes = len(train.label_names)
+    if train.multi_label:
+        return positive_weights(weights, train)
     if weights == "auto":
         counts = np.bincount(train.labels, minlength=num_classes)
         present = int(np.count_nonzero(counts))
@@ -54,5 +57,21 @@ def class_weights(spec: str, train: LabeledTexts) -> list[float] | None:
         raise GptclfError(
             f"--class-weights has {len(weights)} weights but there are {num_classes} classes "
             f"({', '.join(train.label_names)})"
+        )
+    return weights
+
+
+def positive_weights(weights: str | list[float] | None, train: LabeledTexts) -> list[float] | None:
+    """Multi-label: the weight of each label's positive examples in its binary cross-entropy
+    (``pos_weight``): ``auto`` = negatives / positives in the training split (1 for a label
+    without positives), or explicit ``w1,w2,...``, one per label."""
+    if weights == "auto":
+        positives = train.targets.sum(axis=0)
+        negatives = len(train) - positives
+        return [float(n / p) if p else 1.0 for n, p in zip(negatives, positives, strict=True)]
+    if weights is not None and len(weights) != len(train.label_names):
+        raise GptclfError(
+            f"--class-weights has {len(weights)} weights but there are "
+            f"{len(train.label_names)} labels ({', '.join(train.label_names)})"
         )
     return weights

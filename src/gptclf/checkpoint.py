@@ -1,7 +1,8 @@
 """A trained classifier as one self-describing directory.
 
     DIR/config.json          format version, model config, base-model source, labels, pooling,
-                             padding, max length, the training config, LoRA adapters (if any)
+                             padding, max length, the training config, LoRA adapters (if any),
+                             multi-label: `multi_label` and `thresholds` (one per label)
     DIR/tokenizer.json       the tokenizer (+ tokenizer_meta.json: eos/pad tokens)
     DIR/model.safetensors    all classifier weights (backbone.* + head.*)
     DIR/metrics.json         written by training
@@ -48,8 +49,11 @@ class ClassifierInfo:
     base: dict[str, Any] = field(default_factory=dict)
     train_config: dict[str, Any] = field(default_factory=dict)
     lora: dict[str, Any] | None = None  # `apply_lora` keyword arguments; None = no adapters
+    multi_label: bool = False  # sigmoid outputs: every label whose probability reaches its
+    thresholds: list[float] | None = None  # threshold (one per label) is predicted
 
     def to_dict(self) -> dict[str, Any]:
+        multi = {"multi_label": True, "thresholds": self.thresholds} if self.multi_label else {}
         return {
             "format": FORMAT,
             "version": VERSION,
@@ -61,6 +65,7 @@ class ClassifierInfo:
             "base": self.base,
             "train_config": self.train_config,
             "lora": self.lora,
+            **multi,  # only when set: single-label config.json files stay as they were
         }
 
     @classmethod
@@ -78,6 +83,8 @@ class ClassifierInfo:
             base=data.get("base", {}),
             train_config=data.get("train_config", {}),
             lora=data.get("lora"),
+            multi_label=bool(data.get("multi_label", False)),
+            thresholds=data.get("thresholds"),
         )
 
 

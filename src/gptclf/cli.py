@@ -133,15 +133,19 @@ def cmd_train(args: argparse.Namespace) -> int:
         from gptclf.train import fit  # torch: after the options are checked
 
         metrics = fit(cfg)
+    keys = ("accuracy", "precision", "recall", "f1", "n")
+    if cfg.multi_label:
+        keys = ("subset_accuracy", "micro_f1", "macro_f1", "hamming_loss", "roc_auc", "n")
     summary = {
-        name: {k: metrics[name][k] for k in ("accuracy", "precision", "recall", "f1", "n")}
-        for name in ("train", "validation", "test")
+        name: {k: metrics[name][k] for k in keys} for name in ("train", "validation", "test")
     }
     if "baseline" in metrics["validation"]:
         summary["baseline"] = {
             name: {k: metrics[name]["baseline"][k] for k in ("name", "accuracy", "f1")}
             for name in ("train", "validation", "test")
         }
+    if cfg.multi_label:
+        summary["thresholds"] = metrics["thresholds"]
     summary.update(
         labels=metrics["labels"],
         truncated=metrics["truncated"],
@@ -196,17 +200,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if not texts:
         raise GptclfError("no texts given (pass them as arguments or on stdin)")
     for pred in clf.predict(texts, batch_size=args.batch_size):
-        print(
-            json.dumps(
-                {
-                    "text": pred.text,
-                    "label": pred.label,
-                    "probability": pred.probability,
-                    "probabilities": pred.probabilities,
-                },
-                ensure_ascii=False,
-            )
-        )
+        print(json.dumps({"text": pred.text, **pred.to_dict()}, ensure_ascii=False))
     return 0
 
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gptclf import tables
+from gptclf import multilabel, tables
 from gptclf.choices import BALANCE_MODES, SPLIT_MODES
 from gptclf.errors import GptclfError
 from gptclf.fileio import write_bytes
@@ -50,18 +50,32 @@ _MAX_MEMBER_BYTES = 50 * 2**20  # the real member is 478 kB; refuse zip bombs
 
 @dataclass
 class LabeledTexts:
-    """Texts with integer labels; ``label_names[i]`` names label ``i``."""
+    """Texts with integer labels; ``label_names[i]`` names label ``i``.
+
+    ``multi_label``: each text has zero or more labels, and ``labels`` holds a 0/1 row per text
+    (one column per label name; ``targets`` as an (N, L) array)."""
 
     texts: list[str]
-    labels: list[int]
+    labels: list[int] | list[list[int]]
     label_names: list[str]
+    multi_label: bool = False
 
     def __post_init__(self) -> None:
         if len(self.texts) != len(self.labels):
             raise GptclfError(f"{len(self.texts)} texts but {len(self.labels)} labels")
+        if self.multi_label:
+            width = len(self.label_names)
+            if any(len(row) != width or not set(row) <= {0, 1} for row in self.labels):
+                raise GptclfError(f"multi-label rows must be {width} zeros and ones")
+            return
         bad = [y for y in self.labels if not 0 <= y < len(self.label_names)]
         if bad:
             raise GptclfError(f"label {bad[0]} is outside label_names {self.label_names}")
+
+    @property
+    def targets(self) -> np.ndarray:
+        """Multi-label: the (N, L) 0/1 matrix of the labels."""
+        return np.asarray(self.labels, dtype=np.int64).reshape(len(self.labels), -1)
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -70,7 +84,10 @@ class LabeledTexts:
         """The rows at ``indices``, in that order (same ``label_names``)."""
         idx = [int(i) for i in indices]
         return LabeledTexts(
-            [self.texts[i] for i in idx], [self.labels[i] for i in idx], list(self.label_names)
+            [self.texts[i] for i in idx],
+            [self.labels[i] for i in idx],
+            list(self.label_names),
+            self.multi_label,
         )
 
 
@@ -120,6 +137,7 @@ def load_dataset(
     name: str | Path,
     text_columns: Sequence[str] | None = None,
     label_column: str | None = None,
+    label_sep: str | None = None,
 ) -> LabeledTexts:
     """Load ``"sms-spam"`` (bundled), ``"sms-spam-uci"`` (downloaded) or a table file.
 
@@ -128,7 +146,12 @@ def load_dataset(
     else case-insensitively. Integer labels (``1``, ``1.0``) are named by their value and ordered
     numerically, or, with a ``label_names.json`` list beside the file (``write_split``), are class
     indices into it; other labels are names, numbered in sorted order.
+
+    ``label_sep``: multi-label data, each label cell holding zero or more labels separated by it
+    (``multilabel.py``); the label names are then every label seen, sorted.
     """
+    if label_sep is not None:
+        return _read_multilabel_table(name, text_columns, label_column, label_sep)
     if name == "sms-spam":
         return read_sms_spam()
     if name == "sms-spam-uci":
@@ -139,8 +162,11 @@ def load_dataset(
     return _read_table(path, text_columns, label_column)
 
 
-def read_split_file(path: Path) -> LabeledTexts:
-    """Read a file written by ``write_split`` (label names from its ``label_names.json``)."""
+def read_split_file(path: Path, label_sep: str | None = None) -> LabeledTexts:
+    """Read a file written by ``write_split`` (label names from its ``label_names.json``), or
+    with ``label_sep`` a multi-label ``Label,Text`` file."""
+    if label_sep is not None:
+        return _read_multilabel_table(path, None, None, label_sep)
     return _read_table(Path(path))
 
 
@@ -154,6 +180,7 @@ def load_splits(
     validation: str | Path | None = None,
     test: str | Path | None = None,
     balance: str = "none",
+    label_sep: str | None = None,
 ) -> tuple[LabeledTexts, LabeledTexts, LabeledTexts]:
     """Train, validation and test sets from ``data``.
 
@@ -162,18 +189,23 @@ def load_splits(
     (book on the SMS data, else stratified). Given ``validation`` and/or ``test`` files, those are
     used instead and only what is missing is split off ``data`` (stratified); their labels must
     all occur in ``data``. ``balance="undersample"`` then undersamples the training set only.
+    ``label_sep``: multi-label data (``load_dataset``), split by iterative stratification.
     """
     if balance not in BALANCE_MODES:
         raise GptclfError(f"unknown balance {balance!r}, known: {', '.join(BALANCE_MODES)}")
+    if label_sep is not None:
+        check_multilabel_options(data, split, balance)
     path = Path(data)
     if str(data) not in BUNDLED_DATASETS and path.is_dir():
-        splits = [read_split_file(path / f"{name}.csv") for name in SPLIT_NAMES]
+        splits = [read_split_file(path / f"{name}.csv", label_sep) for name in SPLIT_NAMES]
     elif validation is not None or test is not None:
-        full = load_dataset(data, text_columns, label_column)
+        full = load_dataset(data, text_columns, label_column, label_sep)
         given = [
             None
             if f is None
-            else align_labels(load_dataset(f, text_columns, label_column), full.label_names, str(f))
+            else align_labels(
+                load_dataset(f, text_columns, label_column, label_sep), full.label_names, str(f)
+            )
             for f in (validation, test)
         ]
         if given[0] is None:  # only a test file: split validation off, 7:1
@@ -193,7 +225,7 @@ def load_splits(
         }
         if split not in splitters:
             raise GptclfError(f"unknown split {split!r}, known: {', '.join(SPLIT_MODES)}")
-        full = load_dataset(data, text_columns, label_column)
+        full = load_dataset(data, text_columns, label_column, label_sep)
         splitter = splitters[split]
         splits = list(splitter(full, seed=seed))
     splits[1:] = [
@@ -201,11 +233,32 @@ def load_splits(
         for s, name in zip(splits[1:], SPLIT_NAMES[1:], strict=True)
     ]
     check_splits(*splits)
+    if label_sep is not None:
+        multilabel.warn_if_single(splits[0].targets, label_sep, data)
     if balance == "undersample":
         from gptclf.balance import undersample
 
         splits[0] = undersample(splits[0], seed=seed)
     return splits[0], splits[1], splits[2]
+
+
+def check_multilabel_options(data: str | Path, split: str, balance: str) -> None:
+    """What multi-label data cannot do (`TrainConfig` checks the same before anything loads)."""
+    if str(data) in BUNDLED_DATASETS:
+        raise GptclfError(
+            f"--multi-label needs a table whose label column holds several labels; {data} has "
+            "one label per text (benchmarks/sms_multilabel.py writes a multi-label version)"
+        )
+    if split in ("book", "book_full"):
+        raise GptclfError(
+            f"--split {split} is single-label (spam/ham); with --multi-label use "
+            "stratified (iterative stratification)"
+        )
+    if balance == "undersample":
+        raise GptclfError(
+            "--balance undersample is single-label only; with --multi-label use "
+            "--class-weights auto (positive weights per label)"
+        )
 
 
 def resolve_split(split: str, data: str | Path) -> str:
@@ -226,6 +279,7 @@ def splits_from_config(cfg: dict[str, Any]) -> tuple[LabeledTexts, LabeledTexts,
         validation=cfg.get("validation"),
         test=cfg.get("test"),
         balance=cfg.get("balance", "none"),
+        label_sep=cfg.get("label_sep", "|") if cfg.get("multi_label") else None,
     )
 
 
@@ -238,6 +292,8 @@ def align_labels(
     labels of `gptclf data split` files)."""
     if data.label_names == names:
         return data
+    if data.multi_label:
+        return _align_multilabel(data, names, source)
     index = {name: i for i, name in enumerate(names)}
     if integer_indices:
         index.update({str(i): i for i in range(len(names)) if str(i) not in index})
@@ -250,21 +306,47 @@ def align_labels(
     return LabeledTexts(data.texts, [index[data.label_names[y]] for y in data.labels], list(names))
 
 
+def _align_multilabel(data: LabeledTexts, names: list[str], source: str) -> LabeledTexts:
+    """``align_labels`` for multi-label data: its columns moved to the positions of ``names``."""
+    targets = data.targets
+    present = [n for n, used in zip(data.label_names, targets.any(axis=0), strict=True) if used]
+    if unknown := sorted(set(present) - set(names)):
+        raise GptclfError(
+            f"{source}: label(s) {', '.join(map(repr, unknown))} do not occur in the training data "
+            f"(they are not among its labels: {', '.join(names)})"
+        )
+    aligned = np.zeros((len(data), len(names)), dtype=np.int64)
+    for c, name in enumerate(data.label_names):
+        if name in names:
+            aligned[:, names.index(name)] = targets[:, c]
+    return LabeledTexts(data.texts, aligned.tolist(), list(names), multi_label=True)
+
+
 def check_splits(train: LabeledTexts, val: LabeledTexts, test: LabeledTexts) -> None:
     """Errors for splits no classifier can be trained or chosen on; warnings for weak ones."""
     for name, split in zip(SPLIT_NAMES, (train, val, test), strict=True):
         if not len(split):
             raise GptclfError(f"the {name} split is empty: give more rows or a --{name} file")
+    if train.multi_label:
+        counts = train.targets.sum(axis=0)
+        if not counts.any():
+            raise GptclfError("no training text has a label; a classifier needs some")
+        _warn_rare(train.label_names, counts, "labels")
+        return
     counts = np.bincount(train.labels, minlength=len(train.label_names))
     present = [train.label_names[c] for c in np.flatnonzero(counts)]
     if len(present) < 2:
         raise GptclfError(
             f"the training data has a single class ({present[0]!r}); a classifier needs at least 2"
         )
-    if missing := [train.label_names[c] for c in np.flatnonzero(counts == 0)]:
-        logger.warning("classes with no training example (never predicted well): %s", missing)
-    if rare := [train.label_names[c] for c in np.flatnonzero((counts > 0) & (counts < 5))]:
-        logger.warning("classes with fewer than 5 training examples: %s", rare)
+    _warn_rare(train.label_names, counts, "classes")
+
+
+def _warn_rare(names: list[str], counts: np.ndarray, what: str) -> None:
+    if missing := [names[c] for c in np.flatnonzero(counts == 0)]:
+        logger.warning("%s with no training example (never predicted well): %s", what, missing)
+    if rare := [names[c] for c in np.flatnonzero((counts > 0) & (counts < 5))]:
+        logger.warning("%s with fewer than 5 training examples: %s", what, rare)
 
 
 def split_book(
@@ -338,10 +420,14 @@ def split_stratified(
     """Split each class by ``fractions`` (train, validation, test), keeping class ratios.
 
     Every split with a positive fraction gets at least one row of each class that has enough rows.
-    Deterministic for a ``seed``; rows within each split are shuffled.
+    Deterministic for a ``seed``; rows within each split are shuffled. Multi-label data is split
+    by iterative stratification (``multilabel.iterative_split``): each label keeps its share.
     """
     if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-6:
         raise GptclfError(f"fractions must be 3 non-negative numbers summing to 1, got {fractions}")
+    if data.multi_label:
+        parts = multilabel.iterative_split(data.targets, fractions, seed)
+        return data.subset(parts[0]), data.subset(parts[1]), data.subset(parts[2])
     rng = np.random.default_rng(seed)
     labels = np.asarray(data.labels, dtype=np.int64)
     parts: list[list[int]] = [[], [], []]
@@ -422,6 +508,24 @@ def _read_table(
     if not isinstance(names, list) or max(labels) >= len(names):
         raise GptclfError(f"{names_file}: needs a list of {max(labels) + 1}+ label names")
     return LabeledTexts(texts, labels, [str(n) for n in names])
+
+
+def _read_multilabel_table(
+    path: str | Path,
+    text_columns: Sequence[str] | None,
+    label_column: str | None,
+    label_sep: str,
+) -> LabeledTexts:
+    """A table whose label cells hold zero or more labels (``multilabel.py``)."""
+    if str(path) in BUNDLED_DATASETS:
+        check_multilabel_options(path, "stratified", "none")
+    if Path(path).suffix.lower() not in tables.FORMATS:
+        raise GptclfError(f"unknown dataset {str(path)!r}, known: {KNOWN_DATASETS}")
+    texts, label_lists = multilabel.read_labeled(
+        path, text_columns or DEFAULT_TEXT_COLUMNS, label_column or DEFAULT_LABEL_COLUMN, label_sep
+    )
+    names = sorted({label for labels in label_lists for label in labels})
+    return LabeledTexts(texts, multilabel.multi_hot(label_lists, names), names, multi_label=True)
 
 
 def _parse(

@@ -110,10 +110,14 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 def label_maps(info: ClassifierInfo) -> dict[str, Any]:
-    return {
+    maps: dict[str, Any] = {
         "id2label": {str(i): name for i, name in enumerate(info.labels)},
         "label2id": {name: i for i, name in enumerate(info.labels)},
     }
+    if info.multi_label:  # the same logits; each label is a sigmoid against its threshold
+        thresholds = info.thresholds or [0.5] * len(info.labels)
+        maps.update(multi_label=True, activation="sigmoid", thresholds=thresholds)
+    return maps
 
 
 def pad_to_length(info: ClassifierInfo) -> int | None:
@@ -207,7 +211,9 @@ def write_hf(
         log.warning("head+tail truncation has no transformers equivalent (texts > max_length)")
     hf_config.update(
         **label_maps(info),
-        problem_type="single_label_classification",
+        problem_type="multi_label_classification"
+        if info.multi_label
+        else "single_label_classification",
         pad_token_id=tokenizer.pad_id,
         eos_token_id=tokenizer.eos_id,
         dtype="float32",

@@ -6,6 +6,11 @@ also gets balanced accuracy, per-class and macro P/R/F1, the confusion matrix an
 probabilities, ROC-AUC and PR-AUC (average precision): of the positive class when binary, the
 macro average of one-vs-rest when multi-class. Conventions follow scikit-learn: an undefined ratio
 (0/0) is 0.0; an undefined AUC (a class absent, or every example of it) is None.
+
+Multi-label tasks (``multilabel_metrics``: an (N, L) 0/1 target matrix, a text may have any
+number of labels) report subset accuracy (every label of a text right), micro and macro P/R/F1,
+Hamming loss and per label P/R/F1, support and ROC-AUC/PR-AUC; ``tune_thresholds`` picks each
+label's decision threshold on validation data.
 """
 
 from __future__ import annotations
@@ -151,3 +156,136 @@ def average_precision(is_positive: np.ndarray, scores: np.ndarray) -> float | No
         return None
     recall, precision = curve
     return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """1 / (1 + e^-x), without overflow warnings for large |x|."""
+    return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(x, dtype=np.float64)))
+
+
+def multilabel_metrics(
+    targets: np.ndarray,
+    preds: np.ndarray,
+    probabilities: np.ndarray | None = None,
+    label_names: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Multi-label metrics of ``preds`` against ``targets``, both (N, L) 0/1 matrices.
+
+    ``accuracy`` = ``subset_accuracy`` (a text counts when its predicted label set is its true
+    one, scikit-learn's ``accuracy_score``); ``precision``/``recall``/``f1`` are the micro
+    averages (every label decision of every text pooled); ``macro_*`` average the per-label
+    values over all labels. ``probabilities`` (N, L) add ROC-AUC and PR-AUC per label and their
+    macro average over the labels where they are defined.
+    """
+    y = np.asarray(targets).astype(bool)
+    p = np.asarray(preds).astype(bool)
+    if y.ndim != 2 or y.shape != p.shape:
+        raise ValueError(f"targets {y.shape} and predictions {p.shape} must be equal (N, L)")
+    names = list(label_names) if label_names is not None else [str(c) for c in range(y.shape[1])]
+    if len(names) != y.shape[1]:
+        raise ValueError(f"{len(names)} label names for {y.shape[1]} labels")
+    tp, fp, fn = ((y & p).sum(0).tolist(), (~y & p).sum(0).tolist(), (y & ~p).sum(0).tolist())
+    per_label: dict[str, dict[str, Any]] = {}
+    for c, name in enumerate(names):
+        per_label[name] = {
+            "precision": _ratio(tp[c], tp[c] + fp[c]),
+            "recall": _ratio(tp[c], tp[c] + fn[c]),
+            "f1": _ratio(2 * tp[c], 2 * tp[c] + fp[c] + fn[c]),
+            "support": int(y[:, c].sum()),
+            "predicted": int(p[:, c].sum()),
+        }
+    TP, FP, FN = sum(tp), sum(fp), sum(fn)
+    macro = {
+        k: float(np.mean([m[k] for m in per_label.values()])) for k in ("precision", "recall", "f1")
+    }
+    micro = {
+        "precision": _ratio(TP, TP + FP),
+        "recall": _ratio(TP, TP + FN),
+        "f1": _ratio(2 * TP, 2 * TP + FP + FN),
+    }
+    subset = _ratio(int((y == p).all(axis=1).sum()), len(y))
+    out: dict[str, Any] = {
+        "accuracy": subset,
+        "subset_accuracy": subset,
+        "hamming_loss": float((y != p).mean()) if y.size else 0.0,
+        **micro,
+        **{f"micro_{k}": v for k, v in micro.items()},
+        **{f"macro_{k}": v for k, v in macro.items()},
+        "roc_auc": None,
+        "pr_auc": None,
+        "per_label": per_label,
+        "labels": names,
+        "n": len(y),
+    }
+    if probabilities is not None:
+        probs = np.asarray(probabilities, dtype=np.float64)
+        for c, name in enumerate(names):
+            per_label[name]["roc_auc"] = roc_auc(y[:, c], probs[:, c])
+            per_label[name]["pr_auc"] = average_precision(y[:, c], probs[:, c])
+        for key in ("roc_auc", "pr_auc"):
+            defined = [m[key] for m in per_label.values() if m[key] is not None]
+            out[key] = sum(defined) / len(defined) if defined else None
+    return out
+
+
+def multilabel_decisions(probs: np.ndarray, thresholds: Sequence[float] | None) -> np.ndarray:
+    """(N, L) booleans: a label is chosen where its probability reaches its threshold."""
+    probs = np.asarray(probs, dtype=np.float64)
+    limit = np.full(probs.shape[1], 0.5) if thresholds is None else np.asarray(thresholds)
+    return probs >= limit
+
+
+def multilabel_logit_metrics(
+    logits: np.ndarray,
+    targets: np.ndarray,
+    label_names: Sequence[str] | None = None,
+    thresholds: Sequence[float] | None = None,
+) -> dict[str, Any]:
+    """``multilabel_metrics`` from (N, L) logits (sigmoid, each label chosen at its threshold,
+    0.5 by default), plus ``loss``: the binary cross-entropy averaged over texts and labels."""
+    logits = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(targets, dtype=np.float64)
+    probs = sigmoid(logits)
+    metrics = multilabel_metrics(y, multilabel_decisions(probs, thresholds), probs, label_names)
+    # BCE(x, y) = log(1 + e^x) - y x, computed without overflow
+    loss = np.logaddexp(0.0, logits) - y * logits
+    metrics["loss"] = float(loss.mean()) if loss.size else float("nan")
+    return metrics
+
+
+def multilabel_misclassified(
+    logits: np.ndarray, targets: np.ndarray, thresholds: Sequence[float] | None = None
+) -> list[int]:
+    """Indices of the texts whose predicted label set is not their true one."""
+    chosen = multilabel_decisions(sigmoid(logits), thresholds)
+    return np.flatnonzero((chosen != np.asarray(targets).astype(bool)).any(axis=1)).tolist()
+
+
+def tune_thresholds(targets: np.ndarray, probs: np.ndarray, default: float = 0.5) -> list[float]:
+    """Per label, the threshold with the highest F1 on (validation) ``targets``; ties go to the
+    threshold closest to ``default``, so a label whose F1 cannot be improved keeps it.
+
+    The candidates are ``default`` and the midpoints between consecutive distinct
+    probabilities (and below the lowest / above the highest), so a chosen threshold lies as far
+    as possible from the probabilities around it.
+    """
+    y = np.asarray(targets).astype(bool)
+    probs = np.asarray(probs, dtype=np.float64)
+    return [_best_threshold(y[:, c], probs[:, c], default) for c in range(y.shape[1])]
+
+
+def _best_threshold(y: np.ndarray, scores: np.ndarray, default: float) -> float:
+    if not len(scores):
+        return default
+    values = np.unique(scores)  # ascending
+    edges = np.r_[values[0] / 2, (values[:-1] + values[1:]) / 2, (values[-1] + 1) / 2]
+    candidates = np.r_[default, edges]
+    ordered = np.argsort(scores, kind="mergesort")
+    positives_below = np.r_[0, np.cumsum(y[ordered])]  # positives among the i lowest scores
+    below = np.searchsorted(scores[ordered], candidates, side="left")  # scores < candidate
+    chosen = len(y) - below
+    tp = positives_below[-1] - positives_below[below]
+    denominator = chosen + positives_below[-1]
+    f1 = np.divide(2 * tp, denominator, out=np.zeros(len(candidates)), where=denominator > 0)
+    best = np.flatnonzero(np.isclose(f1, f1.max(), rtol=0, atol=1e-12))
+    return float(candidates[best[np.argmin(np.abs(candidates[best] - default))]])

@@ -5,6 +5,10 @@
     confusion_matrix.png  test set, counts, coloured by the share of each true class
     roc.png, pr.png       test set ROC and precision-recall curves (one-vs-rest per class)
 
+A multi-label run (``metrics["multi_label"]``) has no confusion matrix (its labels are not
+exclusive: report.md lists each label's counts instead); its ROC and PR curves are per label,
+its accuracy is subset accuracy (every label of a text right).
+
 Everything is drawn from ``metrics.json`` plus the test labels and probabilities. Figures are
 made without pyplot (no global state, no display backend), so training from a thread is safe.
 """
@@ -27,6 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PLOTS = ("loss.png", "accuracy.png", "confusion_matrix.png", "roc.png", "pr.png")
+MULTILABEL_PLOTS = ("loss.png", "accuracy.png", "roc.png", "pr.png")
 MAX_CURVE_POINTS = 500
 MAX_CURVE_CLASSES = 10  # ROC/PR: one curve per class, for the first this many classes
 
@@ -49,9 +54,13 @@ def curve(steps: Sequence[tuple[int, float, float]], max_points: int = MAX_CURVE
 def write_report(
     out: Path, metrics: dict[str, Any], test_labels: Sequence[int], test_probs: np.ndarray
 ) -> list[Path]:
-    """Write the plots and ``report.md`` into ``out``; returns their paths."""
+    """Write the plots and ``report.md`` into ``out``; returns their paths.
+
+    ``test_labels``: class indices, or (multi-label) the (N, L) 0/1 targets."""
     out = Path(out)
     names = metrics["labels"]
+    if metrics.get("multi_label"):
+        return write_multilabel_report(out, metrics, np.asarray(test_labels), test_probs)
     written = [
         _save(_curves_figure(metrics, "loss"), out / "loss.png"),
         _save(_curves_figure(metrics, "accuracy"), out / "accuracy.png"),
@@ -82,6 +91,70 @@ def baseline_lines(metrics: dict[str, Any]) -> list[str]:
         f"Baseline, {base['test']['name']} (C = {base['test']['C']:g}, fitted in "
         f"{base['test']['seconds']:.1f} s), accuracy: {cells}. The model {line}.",
     ]
+
+
+def write_multilabel_report(
+    out: Path, metrics: dict[str, Any], targets: np.ndarray, test_probs: np.ndarray
+) -> list[Path]:
+    names = metrics["labels"]
+    written = [
+        _save(_curves_figure(metrics, "loss"), out / "loss.png"),
+        _save(_curves_figure(metrics, "accuracy"), out / "accuracy.png"),
+        _save(_rate_figure(targets, test_probs, names, "roc", multi_label=True), out / "roc.png"),
+        _save(_rate_figure(targets, test_probs, names, "pr", multi_label=True), out / "pr.png"),
+    ]
+    report = out / "report.md"
+    text = multilabel_markdown(metrics)
+    atomic_write(report, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    log.info("report: %s", report)
+    return [*written, report]
+
+
+def multilabel_markdown(metrics: dict[str, Any]) -> str:
+    """report.md of a multi-label run: summary per split, per-label test table, the plots."""
+    cfg = metrics.get("config", {}).get("train_config", {})
+    lines = [
+        "# Training report (multi-label)",
+        "",
+        f"Model `{cfg.get('model', '?')}` ({cfg.get('weights', '?')} weights), data "
+        f"`{cfg.get('data', '?')}`, labels: {', '.join(f'`{n}`' for n in metrics['labels'])}. "
+        f"Best epoch {metrics.get('best_epoch')} of {len(metrics.get('history', []))} by "
+        f"validation micro-F1; trained in {metrics.get('train_seconds', 0):.1f} s. Subset "
+        "accuracy: every label of a text right.",
+        "",
+        "| split | n | subset accuracy | micro F1 | macro F1 | Hamming loss | ROC-AUC | loss "
+        "| truncated |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    truncated = metrics.get("truncated", {})
+    for name in ("train", "validation", "test"):
+        m = metrics[name]
+        keys = ("subset_accuracy", "micro_f1", "macro_f1", "hamming_loss", "roc_auc", "loss")
+        cells = [name, str(m["n"]), *(_fmt(m.get(k)) for k in keys)]
+        lines.append("| " + " | ".join([*cells, str(truncated.get(name, "-"))]) + " |")
+    thresholds = metrics.get("thresholds") or {}
+    lines += [
+        "",
+        "Test set, per label (a label is predicted where its probability reaches its threshold;"
+        " confusion matrices do not apply: labels are not exclusive):",
+        "",
+        "| label | support | predicted | threshold | precision | recall | F1 | ROC-AUC | PR-AUC |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, m in metrics["test"]["per_label"].items():
+        cells = [m["precision"], m["recall"], m["f1"], m.get("roc_auc"), m.get("pr_auc")]
+        head = f"| {name} | {m['support']} | {m['predicted']} | {_fmt(thresholds.get(name))} | "
+        lines.append(head + " | ".join(map(_fmt, cells)) + " |")
+    lines += [
+        "",
+        "![loss](loss.png) ![subset accuracy](accuracy.png)",
+        "",
+        "![ROC per label (test)](roc.png) ![precision-recall per label (test)](pr.png)",
+        "",
+        "All numbers: `metrics.json`.",
+        "",
+    ]
+    return "\n".join(lines)
 
 
 def markdown(metrics: dict[str, Any]) -> str:
@@ -204,16 +277,24 @@ def _confusion_figure(confusion: list[list[int]], names: list[str]) -> Figure:
     return fig
 
 
-def _rate_figure(labels: Sequence[int], probs: np.ndarray, names: list[str], kind: str) -> Figure:
-    """ROC (kind="roc") or precision-recall ("pr") curves on the test set."""
+def _rate_figure(
+    labels: Sequence[int] | np.ndarray,
+    probs: np.ndarray,
+    names: list[str],
+    kind: str,
+    multi_label: bool = False,
+) -> Figure:
+    """ROC (kind="roc") or precision-recall ("pr") curves on the test set; ``multi_label``:
+    ``labels`` are (N, L) 0/1 targets, one curve per label."""
     fig = _figure()
     ax = fig.add_subplot()
     y = np.asarray(labels)
     probs = np.asarray(probs)
-    classes = [1] if len(names) == 2 else range(len(names))[:MAX_CURVE_CLASSES]
+    binary = len(names) == 2 and not multi_label
+    classes = [1] if binary else range(len(names))[:MAX_CURVE_CLASSES]
     drawn = 0
     for c in classes:
-        positive = y == c
+        positive = y[:, c].astype(bool) if multi_label else y == c
         points = (roc_curve if kind == "roc" else pr_curve)(positive, probs[:, c])
         if points is None:
             continue  # undefined: the class is absent from (or is all of) the test set
@@ -235,18 +316,27 @@ def _rate_figure(labels: Sequence[int], probs: np.ndarray, names: list[str], kin
         ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="chance")
         ax.set_xlabel("false positive rate")
         ax.set_ylabel("true positive rate")
-        title = "ROC curve" if len(names) == 2 else "ROC curves (one-vs-rest)"
+        title = "ROC curve" if binary else "ROC curves (one-vs-rest)"
     else:
         ax.set_xlabel("recall")
         ax.set_ylabel("precision")
-        title = "Precision-recall curve" if len(names) == 2 else "Precision-recall (one-vs-rest)"
+        title = "Precision-recall curve" if binary else "Precision-recall (one-vs-rest)"
+    if multi_label:
+        title = ("ROC curves" if kind == "roc" else "Precision-recall") + " per label"
     if len(names) > MAX_CURVE_CLASSES:
-        title += f", first {MAX_CURVE_CLASSES} of {len(names)} classes"
+        title += (
+            f", first {MAX_CURVE_CLASSES} of {len(names)} {'labels' if multi_label else 'classes'}"
+        )
     ax.set_title(f"{title}, test set")
     ax.set_xlim(-0.02, 1.02)
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
     if drawn == 0:
-        ax.text(0.5, 0.5, "undefined: the test set lacks a class", ha="center", va="center")
+        note = (
+            "undefined: no label has both positives and negatives"
+            if multi_label
+            else "undefined: the test set lacks a class"
+        )
+        ax.text(0.5, 0.5, note, ha="center", va="center")
     ax.legend(loc="lower right" if kind == "roc" else "lower left", fontsize="small")
     return fig

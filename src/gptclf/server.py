@@ -2,6 +2,7 @@
 
     POST /classify  {"texts": ["...", ...]}  → {"predictions": [{"label", "probability",
                                                                  "probabilities"}, ...]}
+                                                (multi-label: [{"labels", "probabilities"}])
     GET  /health                              → {"status": "ok"}
     GET  /info                                → model, labels, text columns, limits, metrics
     GET  /                                    → a page to try the model (off with --no-ui)
@@ -214,12 +215,7 @@ def create_app(
             preds: list[Prediction] = await asyncio.wrap_future(batcher.submit(texts))
         except GptclfError as exc:  # e.g. a text that encodes to no tokens
             raise HTTPException(422, str(exc)) from None
-        return {
-            "predictions": [
-                {"label": p.label, "probability": p.probability, "probabilities": p.probabilities}
-                for p in preds
-            ]
-        }
+        return {"predictions": [p.to_dict() for p in preds]}
 
     return app
 
@@ -242,6 +238,13 @@ def describe(
     info = classifier.info
     metrics = classifier.metrics or {}
     keys = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc", "pr_auc", "n")
+    multi = {}
+    if classifier.multi_label:
+        keys = ("subset_accuracy", "micro_f1", "macro_f1", "hamming_loss", "roc_auc", "n")
+        multi = {
+            "multi_label": True,
+            "thresholds": dict(zip(classifier.labels, classifier.thresholds, strict=True)),
+        }
     return {
         "model": {
             "base": info.base,
@@ -252,6 +255,7 @@ def describe(
             "trainable": info.train_config.get("trainable"),
         },
         "labels": classifier.labels,
+        **multi,
         "text_columns": classifier.text_columns,
         "limits": asdict(limits),
         "metrics": {

@@ -36,7 +36,14 @@ from gptclf.fileio import write_json
 from gptclf.inference import autocast, batch_logits, predict_logits, resolve_precision
 from gptclf.lm import LanguageModel, load_lm
 from gptclf.lora import apply_lora
-from gptclf.metrics import logit_metrics, misclassified
+from gptclf.metrics import (
+    logit_metrics,
+    misclassified,
+    multilabel_logit_metrics,
+    multilabel_misclassified,
+    sigmoid,
+    tune_thresholds,
+)
 from gptclf.prefix_cache import PrefixCache, build_caches, cache_start, gather_cache
 from gptclf.train_config import RECIPES, TrainConfig
 
@@ -113,7 +120,7 @@ class Run:
     model: SequenceClassifier
     info: ClassifierInfo
     trainable: tuple[int, int]  # (trainable, total) parameters
-    loss_weights: torch.Tensor | None  # per class (on the CPU), or None: unweighted
+    loss_weights: torch.Tensor | None  # per class (multi-label: positives per label), or None
     eval_ids: dict[str, list[list[int]]]  # this rank's shard of every split
     global_batch: int
     train_start: float
@@ -217,6 +224,8 @@ def prepare(cfg: TrainConfig, d: Dist, device: torch.device, parts: TrainParts) 
         base=lm.source,
         train_config=dataclasses.asdict(cfg),
         lora=lora,
+        multi_label=cfg.multi_label,
+        thresholds=[0.5] * len(label_names) if cfg.multi_label else None,
     )
     # Each rank evaluates a shard of every split (the same examples every epoch).
     eval_ids = {
@@ -386,23 +395,49 @@ def train_step(
     batch = distributed.rank_slice(global_batch, d).to(device)
     with autocast(device, cfg.precision):
         logits = batch_logits(run.wrapped, batch, run.caches.get("train"))
-    weight, total_weight = None, float(len(global_batch.labels))
-    if run.loss_weights is not None:  # summed on the CPU labels: no device sync per step
-        total_weight = float(run.loss_weights[global_batch.labels].sum())
-        weight = run.loss_weights_on_device
+    loss_sum, total_weight = summed_loss(run, logits, batch, global_batch)
     # Sum over this rank's rows / the global batch's weight, times the ranks (DDP/FSDP average
     # gradients over ranks): exactly the single-process loss of the global batch.
-    loss_sum = F.cross_entropy(logits.float(), batch.labels, weight=weight, reduction="sum")
     loss = loss_sum * (d.world_size / total_weight)
     (loss / cfg.grad_accum).backward()
     if optimizer_step:
         run.optimizer.step()
         run.optimizer.zero_grad(set_to_none=True)
-    correct = (logits.argmax(-1) == batch.labels).sum().item()
+    correct = count_correct(run, logits, batch.labels)
     batch_loss, correct, *raised = distributed.all_sum(
         [loss.item(), correct, *map(float, flags)], d, device
     )
     return batch_loss / d.world_size, int(correct), *(r > 0 for r in raised)
+
+
+def summed_loss(
+    run: Run, logits: torch.Tensor, batch: Batch, global_batch: Batch
+) -> tuple[torch.Tensor, float]:
+    """This rank's summed loss and the global batch's total weight (what the sum is divided by).
+
+    Cross-entropy, weighted per class; multi-label: binary cross-entropy of every label of every
+    text (positives weighted per label), over texts x labels: the mean per label decision."""
+    if run.cfg.multi_label:
+        loss_sum = F.binary_cross_entropy_with_logits(
+            logits.float(),
+            batch.labels.float(),
+            pos_weight=run.loss_weights_on_device,
+            reduction="sum",
+        )
+        return loss_sum, float(global_batch.labels.numel())
+    weight, total_weight = None, float(len(global_batch.labels))
+    if run.loss_weights is not None:  # summed on the CPU labels: no device sync per step
+        total_weight = float(run.loss_weights[global_batch.labels].sum())
+        weight = run.loss_weights_on_device
+    loss_sum = F.cross_entropy(logits.float(), batch.labels, weight=weight, reduction="sum")
+    return loss_sum, total_weight
+
+
+def count_correct(run: Run, logits: torch.Tensor, labels: torch.Tensor) -> int:
+    """Texts predicted right: the top class, or (multi-label) every label at 0.5."""
+    if run.cfg.multi_label:  # sigmoid(x) >= 0.5 where x >= 0
+        return int(((logits >= 0) == labels.bool()).all(dim=-1).sum().item())
+    return (logits.argmax(-1) == labels).sum().item()
 
 
 def predict_split(run: Run, name: str) -> torch.Tensor:
@@ -421,15 +456,26 @@ def predict_split(run: Run, name: str) -> torch.Tensor:
 
 def validate(run: Run) -> dict[str, Any]:
     """Validation metrics after an epoch (every rank holds the same gathered logits)."""
-    logits = predict_split(run, "validation")
-    return logit_metrics(logits.numpy(), run.data["validation"].labels, run.info.labels)
+    return split_metrics(run, predict_split(run, "validation"), "validation")
+
+
+def split_metrics(run: Run, logits: torch.Tensor, name: str) -> dict[str, Any]:
+    """A split's metrics from its gathered logits (multi-label: at the current thresholds)."""
+    split = run.data[name]
+    if run.cfg.multi_label:
+        return multilabel_logit_metrics(
+            logits.numpy(), split.targets, run.info.labels, run.info.thresholds
+        )
+    return logit_metrics(logits.numpy(), split.labels, run.info.labels)
 
 
 def keep_if_best(run: Run, epoch: int, stats: dict[str, float], val: dict[str, Any]) -> None:
     """Record the epoch; keep (and save) its weights if it is the best so far (or `--select last`).
 
-    Best by validation accuracy; ties (frequent on a small validation set) go to the lower
-    validation loss. Every rank decides alike: they hold the same gathered logits."""
+    Best by validation accuracy (multi-label: micro-F1 at 0.5); ties (frequent on a small
+    validation set) go to the lower validation loss. Every rank decides alike: they hold the
+    same gathered logits."""
+    multi = run.cfg.multi_label
     run.history.append(
         {
             "epoch": epoch,
@@ -437,16 +483,18 @@ def keep_if_best(run: Run, epoch: int, stats: dict[str, float], val: dict[str, A
             **stats,
             "validation_loss": val["loss"],
             "validation_accuracy": val["accuracy"],
+            **({"validation_micro_f1": val["micro_f1"]} if multi else {}),
         }
     )
     log.info(
-        "epoch %d: train loss %.4f, validation loss %.4f, validation accuracy %.2f%%",
+        "epoch %d: train loss %.4f, validation loss %.4f, validation %s %.2f%%",
         epoch,
         stats["train_loss"],
         val["loss"],
-        100 * val["accuracy"],
+        "micro-F1" if multi else "accuracy",
+        100 * val["micro_f1" if multi else "accuracy"],
     )
-    key = (val["accuracy"], -val["loss"])
+    key = (val["micro_f1" if multi else "accuracy"], -val["loss"])
     if run.best_key is None or key > run.best_key or run.cfg.select == "last":
         run.best_key, run.best_epoch = key, epoch
         distributed.reshard(run.model, run.d)
@@ -469,13 +517,21 @@ def finish(run: Run, started: float) -> dict[str, Any]:
     run.model.load_state_dict(run.best_state, strict=False)
     logits = {name: predict_split(run, name) for name in SPLITS}
     labels = run.info.labels
-    metrics: dict[str, Any] = {
-        name: logit_metrics(logits[name].numpy(), run.data[name].labels, labels) for name in SPLITS
-    }
+    if run.cfg.tune_thresholds:
+        choose_thresholds(run, logits["validation"])
+    metrics: dict[str, Any] = {name: split_metrics(run, logits[name], name) for name in SPLITS}
     # Which test texts were wrong (indices into the test split): to see what every run misses.
-    metrics["test"]["misclassified"] = misclassified(
-        logits["test"].numpy(), run.data["test"].labels
+    metrics["test"]["misclassified"] = (
+        multilabel_misclassified(
+            logits["test"].numpy(), run.data["test"].targets, run.info.thresholds
+        )
+        if run.cfg.multi_label
+        else misclassified(logits["test"].numpy(), run.data["test"].labels)
     )
+    if run.cfg.multi_label:
+        metrics.update(
+            multi_label=True, thresholds=dict(zip(labels, run.info.thresholds, strict=True))
+        )
     caches = run.caches
     metrics.update(
         best_epoch=run.best_epoch,
@@ -497,14 +553,13 @@ def finish(run: Run, started: float) -> dict[str, Any]:
         train_curve=run_report.curve(run.steps),
         config=run.info.to_dict(),
     )
-    if run.cfg.baseline and run.d.is_main:
+    if run.cfg.baseline and run.d.is_main and not run.cfg.multi_label:  # single-label
         add_baseline(run, metrics)
     if run.cfg.out is not None and run.d.is_main:
         out = Path(run.cfg.out)
         write_json(out / "metrics.json", metrics)
         if run.cfg.report:
-            test_probs = logits["test"].softmax(-1).numpy()
-            run_report.write_report(out, metrics, run.data["test"].labels, test_probs)
+            write_report(run, out, metrics, logits["test"])
     return metrics
 
 
@@ -518,3 +573,25 @@ def add_baseline(run: Run, metrics: dict[str, Any]) -> None:
         metrics[split]["baseline"] = values
     beaten, line = verdict(metrics["validation"]["accuracy"], fitted["validation"]["accuracy"])
     (log.info if beaten else log.warning)("the model %s", line)
+
+
+def choose_thresholds(run: Run, validation_logits: torch.Tensor) -> None:
+    """--tune-thresholds: each label's threshold by its validation F1, into the checkpoint."""
+    probs = sigmoid(validation_logits.numpy())
+    run.info.thresholds = tune_thresholds(run.data["validation"].targets, probs)
+    log.info(
+        "thresholds tuned on validation: %s",
+        ", ".join(
+            f"{n} {t:.3f}" for n, t in zip(run.info.labels, run.info.thresholds, strict=True)
+        ),
+    )
+    distributed.reshard(run.model, run.d)
+    save_checkpoint(run)  # the kept weights again, with the thresholds in config.json
+
+
+def write_report(run: Run, out: Path, metrics: dict[str, Any], test_logits: torch.Tensor) -> None:
+    test = run.data["test"]
+    if run.cfg.multi_label:
+        run_report.write_report(out, metrics, test.targets, test_logits.sigmoid().numpy())
+    else:
+        run_report.write_report(out, metrics, test.labels, test_logits.softmax(-1).numpy())

@@ -53,6 +53,15 @@ class TrainConfig:
         metavar="COLUMN",
     )
     label_column: str | None = option(None, "label column; if not given: Label", metavar="COLUMN")
+    multi_label: bool = option(
+        False,
+        "each text has zero or more labels: the label column holds them separated by "
+        "--label-sep (JSONL: also a list; empty: no label); sigmoid outputs, binary "
+        "cross-entropy, a threshold per label",
+    )
+    label_sep: str = option(
+        "|", "with --multi-label: the separator between the labels of a cell", metavar="SEP"
+    )
     validation: str | None = option(
         None, "validation file; if not given: split off --data", metavar="FILE"
     )
@@ -70,7 +79,8 @@ class TrainConfig:
     )
     class_weights: str = option(
         "none",
-        "cross-entropy weights per class (auto: inverse class frequency)",
+        "cross-entropy weights per class (auto: inverse class frequency); multi-label: "
+        "weights of each label's positives (auto: negatives/positives)",
         metavar="auto|none|W1,W2,...",
     )
     trainable: str = option("last_block", choices.TRAINABLE_HELP)
@@ -129,8 +139,14 @@ class TrainConfig:
     )
     select: str = option(
         "best",
-        "the epoch kept: best validation accuracy (default) or the last (as the book)",
+        "the epoch kept: best validation accuracy (multi-label: micro-F1; default) or the "
+        "last (as the book)",
         choices=choices.SELECT_MODES,
+    )
+    tune_thresholds: bool = option(
+        False,
+        "with --multi-label: each label's decision threshold is the one with the best F1 on "
+        "the validation split (ties: the closest to 0.5), not 0.5",
     )
     batch_size: int = option(
         8, "examples per step and process (global batch = this x processes x --grad-accum)"
@@ -280,6 +296,22 @@ def check_values(cfg: TrainConfig) -> None:
     parse_class_weights(cfg.class_weights)
     if cfg.prompt is not None:
         split_prompt(cfg.prompt)  # exactly one "{text}"
+    check_multi_label(cfg)
+
+
+def check_multi_label(cfg: TrainConfig) -> None:
+    """--multi-label's companions, and what it cannot be combined with."""
+    if not cfg.multi_label:
+        if cfg.tune_thresholds:
+            raise GptclfError("--tune-thresholds needs --multi-label (one threshold per label)")
+        if cfg.label_sep != "|":
+            raise GptclfError("--label-sep needs --multi-label")
+        return
+    if not cfg.label_sep:
+        raise GptclfError("--label-sep must not be empty")
+    from gptclf.data import check_multilabel_options  # numpy, like parse_class_weights
+
+    check_multilabel_options(cfg.data, cfg.split, cfg.balance)
 
 
 def parse_duration(text: str) -> float:
