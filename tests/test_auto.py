@@ -109,5 +109,5 @@ def test_baseline_fits_more_than_two_classes():
     texts = [f"{w} {w} thing {i}" for i in range(12) for w in ("apple", "rocket", "violin")]
     labels = [i % 3 for i in range(36)]
     split = LabeledTexts(texts, labels, ["fruit", "space", "music"])
-    fitted = fit_baseline({"train": split, "validation": split, "test": split}, None, 123)
+    fitted, _ = fit_baseline({"train": split, "validation": split, "test": split}, None, 123)
     assert fitted["test"]["accuracy"] == 1.0

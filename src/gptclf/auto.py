@@ -268,13 +268,9 @@ def finish_auto(cfg: TrainConfig, records: list[dict[str, Any]], work: Path) -> 
 
 def add_baseline(cfg: TrainConfig, metrics: dict[str, Any]) -> None:
     """The TF-IDF baseline once for the search (the same splits for every candidate)."""
-    from gptclf.baseline import fit_baseline, verdict
+    from gptclf.baseline import add_baseline as add_to_metrics
     from gptclf.data import splits_from_config
 
     splits = splits_from_config(dataclasses.asdict(cfg))
     data = dict(zip(("train", "validation", "test"), splits, strict=True))
-    fitted = fit_baseline(data, metrics.get("class_weights"), cfg.seed)
-    for split, values in fitted.items():
-        metrics[split]["baseline"] = values
-    beaten, line = verdict(metrics["validation"]["accuracy"], fitted["validation"]["accuracy"])
-    (log.info if beaten else log.warning)("the model %s", line)
+    add_to_metrics(metrics, data, metrics.get("class_weights"), cfg.seed)

@@ -89,7 +89,7 @@ def baseline_lines(metrics: dict[str, Any]) -> list[str]:
     return [
         "",
         f"Baseline, {base['test']['name']} (C = {base['test']['C']:g}, fitted in "
-        f"{base['test']['seconds']:.1f} s), accuracy: {cells}. The model {line}.",
+        f"{metrics.get('baseline_seconds', 0):.1f} s), accuracy: {cells}. The model {line}.",
     ]
 
 

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from gptclf import batching, distributed, resume, run_report
 from gptclf.balance import class_weights
+from gptclf.baseline import add_baseline
 from gptclf.batching import Batch
 from gptclf.checkpoint import ClassifierInfo, save_classifier
 from gptclf.classifier import SequenceClassifier, set_trainable
@@ -554,25 +555,13 @@ def finish(run: Run, started: float) -> dict[str, Any]:
         config=run.info.to_dict(),
     )
     if run.cfg.baseline and run.d.is_main and not run.cfg.multi_label:  # single-label
-        add_baseline(run, metrics)
+        add_baseline(metrics, run.data, run.class_weights, run.cfg.seed)
     if run.cfg.out is not None and run.d.is_main:
         out = Path(run.cfg.out)
         write_json(out / "metrics.json", metrics)
         if run.cfg.report:
             write_report(run, out, metrics, logits["test"])
     return metrics
-
-
-def add_baseline(run: Run, metrics: dict[str, Any]) -> None:
-    """The TF-IDF baseline on the same splits, beside the model's metrics of each split, and a
-    line saying whether the model beats it on validation (a warning when it does not)."""
-    from gptclf.baseline import fit_baseline, verdict
-
-    fitted = fit_baseline(run.data, run.class_weights, run.cfg.seed)
-    for split, values in fitted.items():
-        metrics[split]["baseline"] = values
-    beaten, line = verdict(metrics["validation"]["accuracy"], fitted["validation"]["accuracy"])
-    (log.info if beaten else log.warning)("the model %s", line)
 
 
 def choose_thresholds(run: Run, validation_logits: torch.Tensor) -> None:
