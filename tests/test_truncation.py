@@ -72,6 +72,19 @@ def test_prompt_keeps_the_special_tokens_of_a_bert_tokenizer(tmp_path) -> None:
     assert tokens == ["[CLS]", "x", ":", "a", "b", "c", "?", "[SEP]"]
 
 
+@pytest.mark.parametrize("truncation", ["head", "tail", "head+tail"])
+def test_truncation_keeps_the_special_tokens_of_a_bert_tokenizer(tmp_path, truncation) -> None:
+    from fixtures_bert import write_wordpiece_tokenizer
+    from gptclf.weights.bert import load_bert_tokenizer
+
+    write_wordpiece_tokenizer(tmp_path / "tokenizer.json")
+    tok = load_bert_tokenizer(tmp_path)
+    (ids,) = encode(tok, ["a b c d e f"], 5, truncation)
+    tokens = [tok.backend.id_to_token(i) for i in ids]
+    kept = {"head": ["a", "b", "c"], "tail": ["d", "e", "f"], "head+tail": ["a", "b", "f"]}
+    assert tokens == ["[CLS]", *kept[truncation], "[SEP]"]
+
+
 def test_bad_prompts_are_one_line_errors() -> None:
     tok = Tokenizer.from_bpe_files(*installed_gpt2_bpe_files())
     for bad in ("no slot", "{text} and {text}"):

@@ -16,7 +16,7 @@ import torch
 
 from gptclf.choices import PADDING_MODES, TRUNCATIONS
 from gptclf.errors import GptclfError
-from gptclf.tokenizer import Tokenizer
+from gptclf.tokenizer import PROMPT_SLOT, Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,8 @@ def encode_with_lengths(
     prompt: str | None = None,
 ) -> tuple[list[list[int]], list[int]]:
     """`encode`, and each text's token count before truncation."""
+    if prompt is None and tokenizer.add_special_tokens:
+        prompt = PROMPT_SLOT  # so truncation cuts the text and keeps [CLS] ... [SEP] whole
     if prompt is not None:
         return _encode_in_prompt(tokenizer, texts, max_length, truncation, prompt)
     ids = tokenizer.encode_batch(texts)
