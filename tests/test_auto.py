@@ -64,6 +64,9 @@ def test_auto_keeps_the_best_candidate_by_validation_and_records_all(small_split
     again = clf.evaluate(load_dataset(small_split / "validation.csv"))
     assert again["accuracy"] == best["validation_accuracy"]
     assert clf.info.train_config["trainable"] == dict(GRID)[best["name"]]["trainable"]
+    # the recorded settings name --out, not the candidate folder that no longer exists
+    assert clf.info.train_config["out"] == str(out)
+    assert saved["config"]["train_config"]["out"] == str(out)
 
 
 def test_budget_skips_candidates_that_would_not_fit(small_split):

@@ -257,8 +257,13 @@ def finish_auto(cfg: TrainConfig, records: list[dict[str, Any]], work: Path) -> 
     if cfg.baseline:
         add_baseline(cfg, metrics)
     metrics["auto"] = {"candidates": records, "winner": winner["name"], "why": reason}
+    where = {"out": cfg.out, "cache_dir": cfg.cache_dir}  # not the deleted candidate folders
+    metrics["config"]["train_config"].update(where)
     if cfg.out is not None:
         out = Path(cfg.out)
+        settings = read_json(source / "config.json")
+        settings.get("train_config", {}).update(where)
+        write_json(source / "config.json", settings)
         for path in source.iterdir():  # same file system: each file arrives whole
             if path.is_file() and path.name != "metrics.json":
                 os.replace(path, out / path.name)
