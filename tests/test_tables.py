@@ -469,3 +469,14 @@ def test_api_reads_files_with_encoding_and_delimiter(reviews_run: Path, tmp_path
     assert rows_of(tmp_path / "out.jsonl")[0]["review_body"] == rows[0]["review_body"]
     with pytest.raises(GptclfError, match="encoding and delimiter are for a file"):
         clf.evaluate(clf.load_data(path, encoding="cp1252", delimiter=";"), encoding="cp1252")
+
+
+def test_mixed_encodings_found_across_read_blocks(tmp_path: Path) -> None:
+    # é in UTF-8 (2 bytes) straddling the 1 MiB blocks the file is scanned in, far past the
+    # 64 kB that decided it was not UTF-8
+    head = b"text\nd\xe9j\xe0\n"
+    filler = b"x" * (2**20 - 1 - len(head) - 1) + b"\n"
+    (tmp_path / "a.csv").write_bytes(head + filler + "é\n".encode())
+    assert len(head + filler) == 2**20 - 1  # é's first byte ends the first block
+    with pytest.raises(GptclfError, match="line 4 is UTF-8 but line 2 is not .* mixes encodings"):
+        rows_of(tmp_path / "a.csv")

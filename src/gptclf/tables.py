@@ -24,7 +24,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +62,7 @@ _UTF8_SEQUENCE = re.compile(
     rb"|\xed[\x80-\x9f][\x80-\xbf]|\xf0[\x90-\xbf][\x80-\xbf]{2}|[\xf1-\xf3][\x80-\xbf]{3}"
     rb"|\xf4[\x80-\x8f][\x80-\xbf]{2}"
 )
+_UTF8_START = re.compile(rb"[\xc2-\xf4][\x80-\xbf]")  # where one may begin: a fast first pass
 _LONE_CR = re.compile(rb"\r(?!\n)")
 
 
@@ -179,9 +180,9 @@ class Table:
         if widths[best] < 2 or list(widths.values()).count(widths[best]) > 1:
             return default
         log.warning(
-            "%s: read as %s-separated: its header has no %s but %d fields split by %r "
-            "(--delimiter sets the delimiter)",
-            self.path, DELIMITER_NAMES[best], DELIMITER_NAMES[default], widths[best], best,
+            "%s: read as %s-separated: its header is one column split by %r but %d split by "
+            "%r (--delimiter sets the delimiter)",
+            self.path, DELIMITER_NAMES[best], default, widths[best], best,
         )  # fmt: skip
         return best
 
@@ -269,13 +270,13 @@ def resolve_columns(available: Sequence[str], wanted: Sequence[str], source: obj
             resolved.append(name)
             continue
         matches = [c for c in available if c.strip().lower() == name.strip().lower()]
-        have = ", ".join(repr(c) for c in available)
         if len(matches) > 1:
             raise GptclfError(
-                f"{source}: column {name!r} matches {len(matches)} columns ({have}) but none "
-                "exactly: name one exactly"
+                f"{source}: column {name!r} matches {len(matches)} columns "
+                f"({', '.join(repr(c) for c in matches)}), none exactly: name one as written"
             )
         if not matches:
+            have = ", ".join(repr(c) for c in available)
             raise GptclfError(
                 f"{source}: missing column {name!r} (columns: {have}){_hint(available)}"
             )
@@ -416,16 +417,16 @@ def _not_utf8(path: Path) -> str:
     letters) and holds no UTF-8 sequence, with a warning that shows a line read so; else an
     error that names ``--encoding``."""
     line, byte, around = _first_undecodable(path, "utf-8") or (0, 0, b"")
-    if (utf8_line := _first_utf8_sequence(path)) is not None:
+    if (utf8 := _first_byte(path, _utf8_sequence_at)) is not None:
         raise GptclfError(
-            f"{path}: line {utf8_line} is UTF-8 but line {line} is not (byte {byte}): the file "
-            "mixes encodings; fix it, or read all of it as one with --encoding (e.g. --encoding "
-            "cp1252)"
+            f"{path}: line {_line_at(path, utf8)} is UTF-8 but line {line} is not (byte {byte}): "
+            "the file mixes encodings; fix it, or read all of it as one with --encoding (e.g. "
+            "--encoding cp1252)"
         )
-    if (bad := _first_undecodable(path, "cp1252")) is not None:
+    if (bad := _first_byte(path, _cp1252_error_at)) is not None:
         raise GptclfError(
-            f"{path}: neither UTF-8 (line {line}, byte {byte}) nor cp1252 (line {bad[0]}, byte "
-            f"{bad[1]}): give the file's encoding with --encoding"
+            f"{path}: neither UTF-8 (line {line}, byte {byte}) nor cp1252 (line "
+            f"{_line_at(path, bad)}, byte {bad}): give the file's encoding with --encoding"
         )
     log.warning(
         "%s is not UTF-8 (line %d, byte %d); read as cp1252, Excel's Western European "
@@ -479,12 +480,43 @@ def _first_undecodable(path: Path, codec: str) -> tuple[int, int, bytes] | None:
     return None
 
 
-def _first_utf8_sequence(path: Path) -> int | None:
-    """The line of the first multi-byte UTF-8 sequence, or None."""
-    for line_no, _, line in _physical_lines(path):
-        if _UTF8_SEQUENCE.search(line):
-            return line_no
+def _first_byte(path: Path, find: Callable[[bytes], int | None]) -> int | None:
+    """The file offset of the first byte ``find`` points at, or None. Read in 1 MiB blocks,
+    each led by the last 3 bytes of the one before: a UTF-8 sequence may straddle two."""
+    with open(path, "rb") as f:
+        offset, tail = 0, b""
+        while block := f.read(2**20):
+            if (found := find(tail + block)) is not None:
+                return offset - len(tail) + found
+            offset, tail = offset + len(block), block[-3:]
     return None
+
+
+def _utf8_sequence_at(data: bytes) -> int | None:
+    start = 0
+    while found := _UTF8_START.search(data, start):
+        if _UTF8_SEQUENCE.match(data, found.start()):
+            return found.start()
+        start = found.start() + 1
+    return None
+
+
+def _cp1252_error_at(data: bytes) -> int | None:
+    try:
+        data.decode("cp1252")
+    except UnicodeDecodeError as e:
+        return e.start
+    return None
+
+
+def _line_at(path: Path, offset: int) -> int:
+    """The line (as ``_physical_lines`` counts them) that holds the byte at ``offset``."""
+    last = 0
+    for line_no, start, line in _physical_lines(path):
+        if offset < start + len(line):
+            return line_no
+        last = line_no
+    return last
 
 
 def _leading_lines(text: io.TextIOWrapper) -> list[str]:
