@@ -120,7 +120,7 @@ COLS = ["--text-column", "review_body", "--label-column", "sentiment"]
             ["--data", "{tmp}/one.csv", "--text-column", "body", "--label-column", "y"],
             "single class ('pos')",
         ),
-        (["--data", "{tmp}/latin1.csv", *COLS], "not valid utf-8 at line 2"),
+        (["--data", "{tmp}/latin1.csv", *COLS, "--encoding", "utf-8"], "not valid utf-8 at line 2"),
         (["--data", "{tmp}/empty.jsonl", *COLS], "row 2 (line 2): empty review_body"),
         (["--data", "{tmp}/reviews.csv", *COLS, "--class-weights", "1,2"], "3 classes"),
         (["--data", "{tmp}/reviews.csv", *COLS, "--class-weights", "heavy"], "class-weights"),

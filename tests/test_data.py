@@ -197,7 +197,7 @@ def test_load_dataset_files(tmp_path: Path) -> None:
     [
         (b"Label,Body\n0,hi\n", r"bad\.csv: missing column 'Text'"),
         (b"Label,Text\n0,hi\n1,  \n", r"bad\.csv, row 2 \(line 3\): empty Text"),
-        (b"Label,Text\n0,hi\n1,caf\xe9\n", r"bad\.csv: not valid UTF-8 at line 3"),
+        (b"Label,Text\n0,hi\n1,caf\xe9\x81\n", r"bad\.csv: neither UTF-8 \(line 3.*--encoding"),
         (b"Label,Text\n0,hi,extra\n", r"bad\.csv, row 1 \(line 2\): expected 2 fields, got 3"),
         (b"Label,Text\n,hi\n", "empty Label"),
         (b"Label,Text\n", "no data rows"),

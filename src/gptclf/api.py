@@ -249,24 +249,43 @@ class Classifier:
         path: str | Path,
         text_columns: list[str] | None = None,
         label_column: str | None = None,
+        *,
+        encoding: str | None = None,
+        delimiter: str | None = None,
     ) -> LabeledTexts:
         """A labelled file, read with the columns it was trained on unless others are given
-        (multi-label: label cells split by the training's --label-sep)."""
+        (multi-label: label cells split by the training's --label-sep). ``encoding``,
+        ``delimiter``: as --encoding, --delimiter (default: UTF-8 and by suffix, see tables.py)."""
         return load_dataset(
             path,
             text_columns or self.text_columns,
             label_column or self.label_column,
             self.label_sep,
+            encoding=encoding,
+            delimiter=delimiter,
         )
 
-    def evaluate(self, data: LabeledTexts, batch_size: int = 32, errors: int = 0) -> dict[str, Any]:
-        """Metrics on labelled texts whose label names match the checkpoint's.
+    def evaluate(
+        self,
+        data: LabeledTexts | str | Path,
+        batch_size: int = 32,
+        errors: int = 0,
+        *,
+        encoding: str | None = None,
+        delimiter: str | None = None,
+    ) -> dict[str, Any]:
+        """Metrics on labelled texts whose label names match the checkpoint's: ``data``, or the
+        file at that path (``load_data`` with ``encoding`` and ``delimiter``).
 
         ``errors=N`` adds ``errors``: the N most confident mistakes (highest probability given to
         a wrong label), each with its row number, text, true and predicted label.
         Multi-label: multi-label metrics at the checkpoint's thresholds; see
         ``most_confident_multilabel_errors``.
         """
+        if not isinstance(data, LabeledTexts):
+            data = self.load_data(data, encoding=encoding, delimiter=delimiter)
+        elif encoding is not None or delimiter is not None:
+            raise GptclfError("encoding and delimiter are for a file, not for LabeledTexts")
         if self.multi_label:
             return self._evaluate_multilabel(data, batch_size, errors)
         labels = align_labels(data, self.labels, "the data", integer_indices=True).labels
@@ -301,6 +320,9 @@ class Classifier:
         text_columns: list[str] | None = None,
         batch_size: int = 32,
         progress: bool = False,
+        *,
+        encoding: str | None = None,
+        delimiter: str | None = None,
     ) -> dict[str, Any]:
         """Classify every row of a CSV/TSV/JSONL/Parquet file into a CSV/TSV/JSONL file.
 
@@ -309,14 +331,15 @@ class Classifier:
         (JSONL: a ``probabilities`` object). Multi-label: ``predicted_labels`` (CSV/TSV: joined
         by the label separator, most probable first; JSONL: a list) instead of the first two.
         Rows with an empty text keep empty predictions. The output appears only once complete
-        (temporary file, renamed). Returns counts.
+        (temporary file, renamed). Returns counts. ``encoding``, ``delimiter``: the input's, as
+        --encoding, --delimiter (the output is UTF-8, delimited by its suffix).
         """
         tables.table_format(output, tables.WRITE_FORMATS)  # fail before reading anything
         if Path(output).resolve() == Path(input).resolve():
             raise GptclfError("--output must differ from --input")
         wanted = text_columns or self.text_columns
         rows = empty = 0
-        with tables.open_table(input) as table:
+        with tables.open_table(input, encoding, delimiter) as table:
             columns = tables.resolve_columns(table.columns, wanted, input)
             jsonl = tables.table_format(output) == "jsonl"
             added = (

@@ -117,6 +117,15 @@ def add_column_args(p: argparse.ArgumentParser, default: str | None = None, labe
         )
 
 
+def add_table_args(p: argparse.ArgumentParser) -> None:
+    """--encoding and --delimiter of the files read, as `train` has them (`TrainConfig`)."""
+    from gptclf.train_config import TrainConfig
+
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in ("encoding", "delimiter"):
+            add_field_flag(p, f, None)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from gptclf.train_config import TrainConfig
 
@@ -166,11 +175,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.errors < 0:
         raise GptclfError("--errors must be at least 0")
     clf = Classifier.load(args.checkpoint, precision=args.precision)
+    dialect = {"encoding": args.encoding, "delimiter": args.delimiter}
     if args.data:
-        data = clf.load_data(args.data, args.text_columns, args.label_column)
+        data = clf.load_data(args.data, args.text_columns, args.label_column, **dialect)
         result = clf.evaluate(data, batch_size=args.batch_size, errors=args.errors)
-    else:  # the splits the checkpoint was trained on
-        splits = splits_from_config(clf.info.train_config)
+    else:  # the splits the checkpoint was trained on (its table options, unless given here)
+        given = {k: v for k, v in dialect.items() if v is not None}
+        splits = splits_from_config({**clf.info.train_config, **given})
         result = {
             name: clf.evaluate(split, batch_size=args.batch_size, errors=args.errors)
             for name, split in zip(("train", "validation", "test"), splits, strict=True)
@@ -192,6 +203,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
             text_columns=args.text_columns,
             batch_size=args.batch_size,
             progress=args.progress,
+            encoding=args.encoding,
+            delimiter=args.delimiter,
         )
         print(json.dumps(summary))
         return 0
@@ -221,6 +234,8 @@ def cmd_data_split(args: argparse.Namespace) -> int:
         seed=args.seed,
         text_columns=args.text_columns,
         label_column=args.label_column,
+        encoding=args.encoding,
+        delimiter=args.delimiter,
     )
     write_split(Path(args.out), *splits)
     sizes = {name: len(s) for name, s in zip(("train", "validation", "test"), splits, strict=True)}
@@ -348,6 +363,7 @@ def add_inference_commands(sub) -> None:
         "--data", help="labelled .csv/.tsv/.jsonl/.parquet (default: the splits it was trained on)"
     )
     add_column_args(p, "the training columns")
+    add_table_args(p)
     p.add_argument(
         "--errors", type=int, default=0, metavar="N", help="list the N most confident mistakes"
     )
@@ -369,6 +385,7 @@ def add_inference_commands(sub) -> None:
         help=".csv/.tsv/.jsonl: the input columns + label + probabilities",
     )
     add_column_args(p, "the training columns", label=False)
+    add_table_args(p)  # of --input; --output is UTF-8, delimited by its suffix
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument(
         "--no-progress",
@@ -415,6 +432,7 @@ def add_data_commands(sub) -> None:
     p = data_sub.add_parser("split", help="write train/validation/test.csv (Label,Text)")
     p.add_argument("--data", default="sms-spam")
     add_column_args(p)
+    add_table_args(p)
     p.add_argument("--split", default="book", choices=SPLIT_MODES)
     p.add_argument("--seed", type=int, default=123)
     p.add_argument("--out", required=True)

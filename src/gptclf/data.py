@@ -138,6 +138,9 @@ def load_dataset(
     text_columns: Sequence[str] | None = None,
     label_column: str | None = None,
     label_sep: str | None = None,
+    *,
+    encoding: str | None = None,
+    delimiter: str | None = None,
 ) -> LabeledTexts:
     """Load ``"sms-spam"`` (bundled), ``"sms-spam-uci"`` (downloaded) or a table file.
 
@@ -149,9 +152,11 @@ def load_dataset(
 
     ``label_sep``: multi-label data, each label cell holding zero or more labels separated by it
     (``multilabel.py``); the label names are then every label seen, sorted.
+    ``encoding``, ``delimiter``: the file's, if not UTF-8 and the suffix's (``tables.py``).
     """
+    dialect = {"encoding": encoding, "delimiter": delimiter}
     if label_sep is not None:
-        return _read_multilabel_table(name, text_columns, label_column, label_sep)
+        return _read_multilabel_table(name, text_columns, label_column, label_sep, **dialect)
     if name == "sms-spam":
         return read_sms_spam()
     if name == "sms-spam-uci":
@@ -159,7 +164,7 @@ def load_dataset(
     path = Path(name)
     if path.suffix.lower() not in tables.FORMATS:
         raise GptclfError(f"unknown dataset {str(name)!r}, known: {KNOWN_DATASETS}")
-    return _read_table(path, text_columns, label_column)
+    return _read_table(path, text_columns, label_column, **dialect)
 
 
 def read_split_file(path: Path, label_sep: str | None = None) -> LabeledTexts:
@@ -181,6 +186,8 @@ def load_splits(
     test: str | Path | None = None,
     balance: str = "none",
     label_sep: str | None = None,
+    encoding: str | None = None,
+    delimiter: str | None = None,
 ) -> tuple[LabeledTexts, LabeledTexts, LabeledTexts]:
     """Train, validation and test sets from ``data``.
 
@@ -190,21 +197,25 @@ def load_splits(
     used instead and only what is missing is split off ``data`` (stratified); their labels must
     all occur in ``data``. ``balance="undersample"`` then undersamples the training set only.
     ``label_sep``: multi-label data (``load_dataset``), split by iterative stratification.
+    ``encoding``, ``delimiter``: of ``data`` and the given files (``load_dataset``).
     """
     if balance not in BALANCE_MODES:
         raise GptclfError(f"unknown balance {balance!r}, known: {', '.join(BALANCE_MODES)}")
     if label_sep is not None:
         check_multilabel_options(data, split, balance)
     path = Path(data)
+    dialect = {"encoding": encoding, "delimiter": delimiter}  # of user tables, not split dirs
     if str(data) not in BUNDLED_DATASETS and path.is_dir():
         splits = [read_split_file(path / f"{name}.csv", label_sep) for name in SPLIT_NAMES]
     elif validation is not None or test is not None:
-        full = load_dataset(data, text_columns, label_column, label_sep)
+        full = load_dataset(data, text_columns, label_column, label_sep, **dialect)
         given = [
             None
             if f is None
             else align_labels(
-                load_dataset(f, text_columns, label_column, label_sep), full.label_names, str(f)
+                load_dataset(f, text_columns, label_column, label_sep, **dialect),
+                full.label_names,
+                str(f),
             )
             for f in (validation, test)
         ]
@@ -225,7 +236,7 @@ def load_splits(
         }
         if split not in splitters:
             raise GptclfError(f"unknown split {split!r}, known: {', '.join(SPLIT_MODES)}")
-        full = load_dataset(data, text_columns, label_column, label_sep)
+        full = load_dataset(data, text_columns, label_column, label_sep, **dialect)
         splitter = splitters[split]
         splits = list(splitter(full, seed=seed))
     splits[1:] = [
@@ -280,6 +291,8 @@ def splits_from_config(cfg: dict[str, Any]) -> tuple[LabeledTexts, LabeledTexts,
         test=cfg.get("test"),
         balance=cfg.get("balance", "none"),
         label_sep=cfg.get("label_sep", "|") if cfg.get("multi_label") else None,
+        encoding=cfg.get("encoding"),  # runs from before --encoding/--delimiter: None
+        delimiter=cfg.get("delimiter"),
     )
 
 
@@ -482,11 +495,19 @@ def _allocate(n: int, fractions: Sequence[float]) -> list[int]:
 
 
 def _read_table(
-    path: Path, text_columns: Sequence[str] | None = None, label_column: str | None = None
+    path: Path,
+    text_columns: Sequence[str] | None = None,
+    label_column: str | None = None,
+    encoding: str | None = None,
+    delimiter: str | None = None,
 ) -> LabeledTexts:
     """Read a headed table with a label column and text column(s) (other columns are ignored)."""
     texts, raw_labels = tables.read_labeled(
-        path, text_columns or DEFAULT_TEXT_COLUMNS, label_column or DEFAULT_LABEL_COLUMN
+        path,
+        text_columns or DEFAULT_TEXT_COLUMNS,
+        label_column or DEFAULT_LABEL_COLUMN,
+        encoding,
+        delimiter,
     )
     try:
         labels = [int(y) for y in raw_labels]
@@ -515,6 +536,8 @@ def _read_multilabel_table(
     text_columns: Sequence[str] | None,
     label_column: str | None,
     label_sep: str,
+    encoding: str | None = None,
+    delimiter: str | None = None,
 ) -> LabeledTexts:
     """A table whose label cells hold zero or more labels (``multilabel.py``)."""
     if str(path) in BUNDLED_DATASETS:
@@ -522,7 +545,12 @@ def _read_multilabel_table(
     if Path(path).suffix.lower() not in tables.FORMATS:
         raise GptclfError(f"unknown dataset {str(path)!r}, known: {KNOWN_DATASETS}")
     texts, label_lists = multilabel.read_labeled(
-        path, text_columns or DEFAULT_TEXT_COLUMNS, label_column or DEFAULT_LABEL_COLUMN, label_sep
+        path,
+        text_columns or DEFAULT_TEXT_COLUMNS,
+        label_column or DEFAULT_LABEL_COLUMN,
+        label_sep,
+        encoding=encoding,
+        delimiter=delimiter,
     )
     names = sorted({label for labels in label_lists for label in labels})
     return LabeledTexts(texts, multilabel.multi_hot(label_lists, names), names, multi_label=True)

@@ -46,12 +46,18 @@ def parse_labels(value: Any, sep: str, column: str, where: str) -> list[str]:
 
 
 def read_labeled(
-    path: str | Path, text_columns: Sequence[str], label_column: str, sep: str
+    path: str | Path,
+    text_columns: Sequence[str],
+    label_column: str,
+    sep: str,
+    *,
+    encoding: str | None = None,
+    delimiter: str | None = None,
 ) -> tuple[list[str], list[list[str]]]:
     """Texts and label lists of every row of a table (`tables.read_labeled`, multi-label)."""
     texts: list[str] = []
     labels: list[list[str]] = []
-    with tables.open_table(path) as table:
+    with tables.open_table(path, encoding, delimiter) as table:
         text_cols = tables.resolve_columns(table.columns, text_columns, path)
         (label_col,) = tables.resolve_columns(table.columns, [label_column], path)
         for where, row in table:

@@ -16,15 +16,16 @@ import shutil
 from dataclasses import dataclass
 from typing import Any
 
-from gptclf import choices
+from gptclf import choices, tables
 from gptclf.errors import GptclfError
 
 
 def option(default: Any, help: str = "", **cli: Any) -> Any:
     """A field with its command-line description. `cli` keys: choices (checked in
     `__post_init__`), flag (the flag's name when it is not --field-name: `--no-x` flags store
-    False), metavar, negatable (--x/--no-x), parse (a str -> value function), tty_default (the
-    CLI default is whether stderr is a terminal)."""
+    False), metavar, negatable (--x/--no-x), parse (a str -> value function), check (a value ->
+    None function raising `GptclfError`, for values other than None), tty_default (the CLI
+    default is whether stderr is a terminal)."""
     return dataclasses.field(default=default, metadata={"help": help, **cli})
 
 
@@ -61,6 +62,20 @@ class TrainConfig:
     )
     label_sep: str = option(
         "|", "with --multi-label: the separator between the labels of a cell", metavar="SEP"
+    )
+    encoding: str | None = option(
+        None,
+        "text encoding of the table files, e.g. cp1252, latin-1 (default: UTF-8, a byte-order "
+        "mark allowed; a file that is not UTF-8 but reads as cp1252 is read so, with a warning)",
+        check=tables.check_encoding,
+    )
+    delimiter: str | None = option(
+        None,
+        "CSV/TSV delimiter: one character, or tab (default: , for .csv, tab for .tsv; a .csv "
+        "header split by ; but not by , is read as ;-separated, with a warning)",
+        parse=tables.parse_delimiter,
+        check=tables.check_delimiter,
+        metavar="CHAR",
     )
     validation: str | None = option(
         None, "validation file; if not given: split off --data", metavar="FILE"
@@ -228,6 +243,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if isinstance(self.text_columns, str):  # a single column given as a string
             self.text_columns = [self.text_columns]
+        if isinstance(self.delimiter, str):  # "tab" in Python as on the command line
+            self.delimiter = tables.parse_delimiter(self.delimiter)
         for name in PATH_FIELDS:  # pathlib paths work too; the config is stored as JSON
             if isinstance(getattr(self, name), os.PathLike):
                 setattr(self, name, os.fspath(getattr(self, name)))
@@ -250,6 +267,8 @@ def check_field(f: dataclasses.Field, value: Any) -> None:
         raise GptclfError(f"{flag} must be one of {', '.join(known)}, got {value!r}")
     if isinstance(value, bool) or value is None:
         return
+    if (check := f.metadata.get("check")) is not None:
+        check(value)
     if isinstance(value, float) and not math.isfinite(value):
         raise GptclfError(f"{flag} must be a finite number, got {value}")
     if isinstance(value, int) and f.name in COUNTS and value < 1:
