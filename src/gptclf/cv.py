@@ -313,8 +313,10 @@ def new_record(
 
 
 def settings(cfg: TrainConfig) -> dict[str, Any]:
-    """The config's fields that change what is computed (as `resume` compares them)."""
-    chosen = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in resume.FREE_SETTINGS}
+    """The config's fields that change what is computed (as `resume` compares them; and
+    not `out`: a cv.json moved to another folder still holds the same folds)."""
+    free = {*resume.FREE_SETTINGS, "out"}
+    chosen = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in free}
     return json.loads(json.dumps(chosen))  # as cv.json holds them (lists, not tuples)
 
 
