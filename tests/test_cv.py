@@ -16,7 +16,14 @@ from gptclf import cv
 from gptclf.api import Classifier
 from gptclf.classifier import SequenceClassifier
 from gptclf.cli import main
-from gptclf.data import load_dataset, normalized_text, split_book, unseen_indices, write_split
+from gptclf.data import (
+    LabeledTexts,
+    load_dataset,
+    normalized_text,
+    split_book,
+    unseen_indices,
+    write_split,
+)
 from gptclf.errors import GptclfError
 from gptclf.train import TrainConfig, fit
 
@@ -85,6 +92,19 @@ def test_the_bundled_data_cross_validates_the_books_train_and_validation_texts()
     index = cv.fold_indices(pool, assignment, 0, share, 123, TrainConfig())
     assert sorted(np.concatenate(list(index.values()))) == list(range(1194))
     assert len(index["test"]) in (238, 239) and abs(len(index["validation"]) - 119) <= 1
+
+
+def test_select_last_trains_on_every_training_fold_and_undersampling_stays_in_them():
+    pool = LabeledTexts([f"text {i}" for i in range(60)], [0] * 45 + [1] * 15, ["ham", "spam"])
+    assignment = cv.stratified_folds(pool.labels, 3, 7)
+    last = cv.fold_indices(pool, assignment, 1, None, 7, TrainConfig(select="last"))
+    assert (last["validation"] == last["test"]).all()  # recorded only: nothing is chosen on it
+    assert sorted([*last["train"], *last["test"]]) == list(range(60))
+    balanced = cv.fold_indices(pool, assignment, 1, 0.125, 7, TrainConfig(balance="undersample"))
+    labels = np.asarray(pool.labels)
+    assert np.bincount(labels[balanced["train"]]).tolist() == [9, 9]  # 10 spam, 1 to validation
+    assert np.bincount(labels[balanced["test"]]).tolist() == [15, 5]  # held out: as it comes
+    assert not set(balanced["train"]) & set(balanced["test"])
 
 
 def test_cv_trains_every_fold_from_one_prefix_pass_and_writes_the_record(cv_run):
