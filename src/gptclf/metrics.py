@@ -112,8 +112,9 @@ def misclassified(logits: np.ndarray, labels: Sequence[int]) -> list[int]:
 
 def unseen_accuracy(wrong: Sequence[int], unseen: Sequence[int]) -> dict[str, Any]:
     """Accuracy on the texts at `unseen` (those without a copy in the training data,
-    `data.unseen_indices`) from the indices of every mistake: `unseen_accuracy` (None when every
-    text has a copy) and `unseen_count`, how many texts it is over."""
+    `data.unseen_indices`) from the indices of every mistake (multi-label: of every text with a
+    label wrong, so it is subset accuracy): `unseen_accuracy` (None when every text has a copy)
+    and `unseen_count`, how many texts it is over."""
     missed = len(set(unseen) & set(wrong))
     return {
         "unseen_accuracy": 1.0 - missed / len(unseen) if unseen else None,
