@@ -199,12 +199,14 @@ def test_report_is_generated_from_the_cached_results(ran, tmp_path):
     for name in ("tiny-last", "tiny-head", "tiny-tfidf"):
         records = [json.loads((results / name / f"seed{s}.json").read_text()) for s in SEEDS]
         cells = [c.strip() for c in lines[name].split("|")[1:-1]]
-        for column, key, scale, digits in ((2, "test_accuracy", 100, 2), (3, "test_f1", 100, 2),
-                                           (4, "train_seconds", 1, 1)):  # fmt: skip
+        for column, key, scale, digits in ((2, "test_accuracy", 100, 2), (4, "test_f1", 100, 2),
+                                           (5, "train_seconds", 1, 1)):  # fmt: skip
             values = [scale * r[key] for r in records]
             mean, std = statistics.fmean(values), statistics.stdev(values)
             assert cells[column] == f"{mean:.{digits}f} ± {std:.{digits}f}", (name, key)
-        assert cells[6] == "2"
+        unseen = [100 * r["metrics"]["test"]["unseen_accuracy"] for r in records]
+        assert cells[3] == report.fmt_pm(statistics.fmean(unseen), statistics.stdev(unseen))
+        assert cells[7] == "2"
         means[name] = statistics.fmean(100 * r["test_accuracy"] for r in records)
     assert "| 95.00 | last block |" in lines["tiny-last"]
     assert "not run yet" in lines["tiny-never"] and "not run yet (needs a GPU" in lines["tiny-gpu"]
@@ -215,6 +217,25 @@ def test_report_is_generated_from_the_cached_results(ran, tmp_path):
     assert "6 runs: 3 of 5 rows, seeds 1, 2" in md
     assert "gptclf experiments run --all" in md
     assert "## The target" in md and "No row has 3 seeds yet." in md
+
+
+def test_unseen_accuracy_of_older_results_is_computed_as_runs_record_it(ran):
+    """Results made before runs recorded `unseen_accuracy` get it from their test mistakes and
+    their split: the same number; without the mistakes either, the report shows "—"."""
+    results, table, _, _ = ran
+    for name in ("tiny-last", "tiny-tfidf"):
+        for record in json_records(results, name):
+            recorded = record["metrics"]["test"]["unseen_accuracy"]
+            assert record["metrics"]["test"]["unseen_count"] == 39  # one of the 40 is a copy
+            older = json.loads(json.dumps(record))
+            del (
+                older["metrics"]["test"]["unseen_accuracy"],
+                older["metrics"]["test"]["unseen_count"],
+            )
+            assert report.unseen_accuracy_of(older) == pytest.approx(recorded, abs=1e-12)
+            del older["metrics"]["test"]["misclassified"]
+            assert report.unseen_accuracy_of(older) is None
+            assert report.Row(table[name], [older]).unseen() == "—"
 
 
 def test_target_section_judges_the_best_row_with_enough_seeds(ran, tmp_path, monkeypatch):

@@ -78,7 +78,8 @@ def test_no_import_cycle_between_package_modules():
 
 
 @pytest.mark.parametrize(
-    "argv", [["--help"], ["train", "--help"], ["train", "--recipe", "smollm2", "--help"]]
+    "argv",
+    [["--help"], ["train", "--help"], ["train", "--recipe", "smollm2", "--help"], ["cv", "--help"]],
 )
 def test_help_does_not_import_torch(argv):
     code = (

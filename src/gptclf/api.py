@@ -136,6 +136,21 @@ class Classifier:
             fit(cfg)
         return cls.load(cfg.out)
 
+    @staticmethod
+    def cross_validate(recipe: str | None = None, folds: int = 5, **options: Any) -> dict[str, Any]:
+        """Stratified k-fold cross-validation of a training config, like `gptclf cv` (cv.py):
+        the options of `train`; returns what `out`/cv.json holds (per fold, `mean`, `std`,
+        `pooled`); `out=None` writes nothing."""
+        from gptclf.cv import cross_validate
+        from gptclf.train_config import TrainConfig, config_for
+
+        known = {f.name for f in dataclasses.fields(TrainConfig)}
+        if unknown := sorted(set(options) - known):
+            raise GptclfError(f"unknown training option(s) {unknown}; known: {sorted(known)}")
+        if recipe == "auto":
+            raise GptclfError("cross_validate takes one configuration, not recipe 'auto'")
+        return cross_validate(config_for(recipe, **options), folds=folds)
+
     @property
     def labels(self) -> list[str]:
         return self.info.labels

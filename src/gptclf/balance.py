@@ -15,16 +15,21 @@ logger = logging.getLogger(__name__)
 
 def undersample(data: LabeledTexts, seed: int = 123) -> LabeledTexts:
     """Every present class cut down (at random, with ``seed``) to the rarest one's count; shuffled."""
-    labels = np.asarray(data.labels)
-    counts = np.bincount(labels, minlength=len(data.label_names))
+    kept = data.subset(undersample_indices(data.labels, seed))
+    logger.info("undersampled the training set from %d to %d rows", len(data), len(kept))
+    return kept
+
+
+def undersample_indices(labels: list[int], seed: int = 123) -> np.ndarray:
+    """The rows ``undersample`` keeps, in its order (cross-validation gathers them by index)."""
+    labels = np.asarray(labels)
+    counts = np.bincount(labels)
     n = counts[counts > 0].min()
     rng = np.random.default_rng(seed)
     keep = [
         rng.choice(np.flatnonzero(labels == c), n, replace=False) for c in np.flatnonzero(counts)
     ]
-    kept = data.subset(rng.permutation(np.concatenate(keep)))
-    logger.info("undersampled the training set from %d to %d rows", len(data), len(kept))
-    return kept
+    return rng.permutation(np.concatenate(keep))
 
 
 def parse_class_weights(spec: str) -> str | list[float] | None:

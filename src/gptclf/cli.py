@@ -126,11 +126,16 @@ def add_table_args(p: argparse.ArgumentParser) -> None:
             add_field_flag(p, f, None)
 
 
-def cmd_train(args: argparse.Namespace) -> int:
+def train_config(args: argparse.Namespace):
+    """The `TrainConfig` of the generated train flags (`train`, `cv`)."""
     from gptclf.train_config import TrainConfig
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    return TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    cfg = train_config(args)
     if args.recipe == "auto":
         from gptclf.auto import check_budget, fit_auto
 
@@ -165,6 +170,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     if "winner" in metrics.get("auto", {}):
         summary["auto"] = {k: metrics["auto"][k] for k in ("winner", "why")}
     print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_cv(args: argparse.Namespace) -> int:
+    if args.recipe == "auto":
+        raise GptclfError(
+            "cv cross-validates one configuration; --recipe auto is a search over several "
+            "(cross-validate the settings it chose, or each candidate's)"
+        )
+    cfg = train_config(args)
+    from gptclf.cv import CV_FILE, cross_validate, format_table  # torch: after the checks
+
+    record = cross_validate(cfg, folds=args.folds)
+    print("\n".join(format_table(record)))
+    if cfg.out is not None:
+        print(f"written: {Path(cfg.out) / CV_FILE}")
     return 0
 
 
@@ -348,6 +369,17 @@ def build_parser(recipe: str = "book") -> argparse.ArgumentParser:
     )
     add_train_args(p, recipe)
     p.set_defaults(func=cmd_train)
+    p = sub.add_parser(
+        "cv",
+        help="stratified k-fold cross-validation of a training config (writes OUT/cv.json)",
+        description="Each fold trains on the other k-1 (epoch chosen on an inner validation "
+        "split of them, or --select last) and is scored held out; over the config's train and "
+        "validation texts, its test split unread. Takes every `gptclf train` flag.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--folds", type=int, default=5, metavar="K", help="number of folds (>= 2)")
+    add_train_args(p, recipe)
+    p.set_defaults(func=cmd_cv)
     add_inference_commands(sub)
     add_data_commands(sub)
     add_experiments_commands(sub)

@@ -91,6 +91,19 @@ class LabeledTexts:
         )
 
 
+def normalized_text(text: str) -> str:
+    """A text as duplicate checks compare it: runs of whitespace made one space, the ends
+    stripped, the case folded (the SMS data repeats messages, some with a trailing space)."""
+    return " ".join(text.split()).casefold()
+
+
+def unseen_indices(train_texts: Sequence[str], texts: Sequence[str]) -> list[int]:
+    """Indices of the `texts` that have no copy among `train_texts` (by `normalized_text`): the
+    texts a classifier cannot get right by recalling a training example."""
+    seen = {normalized_text(t) for t in train_texts}
+    return [i for i, text in enumerate(texts) if normalized_text(text) not in seen]
+
+
 def read_sms_spam(path: Path | None = None, verify: bool = True) -> LabeledTexts:
     """Read the SMS Spam Collection (``label<TAB>text`` lines; ham → 0, spam → 1).
 
@@ -436,11 +449,18 @@ def split_stratified(
     Deterministic for a ``seed``; rows within each split are shuffled. Multi-label data is split
     by iterative stratification (``multilabel.iterative_split``): each label keeps its share.
     """
+    train, val, test = (data.subset(p) for p in stratified_indices(data, fractions, seed))
+    return train, val, test
+
+
+def stratified_indices(
+    data: LabeledTexts, fractions: tuple[float, float, float], seed: int = 123
+) -> list[np.ndarray]:
+    """The row indices of each part of ``split_stratified`` (cross-validation gathers by index)."""
     if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-6:
         raise GptclfError(f"fractions must be 3 non-negative numbers summing to 1, got {fractions}")
     if data.multi_label:
-        parts = multilabel.iterative_split(data.targets, fractions, seed)
-        return data.subset(parts[0]), data.subset(parts[1]), data.subset(parts[2])
+        return multilabel.iterative_split(data.targets, fractions, seed)
     rng = np.random.default_rng(seed)
     labels = np.asarray(data.labels, dtype=np.int64)
     parts: list[list[int]] = [[], [], []]
@@ -450,8 +470,7 @@ def split_stratified(
         for part, n in zip(parts, _allocate(len(idx), fractions), strict=True):
             part.extend(idx[start : start + n].tolist())
             start += n
-    train, val, test = (data.subset(rng.permutation(np.asarray(p, dtype=np.int64))) for p in parts)
-    return train, val, test
+    return [rng.permutation(np.asarray(p, dtype=np.int64)) for p in parts]
 
 
 def write_split(

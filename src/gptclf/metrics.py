@@ -110,6 +110,18 @@ def misclassified(logits: np.ndarray, labels: Sequence[int]) -> list[int]:
     return np.flatnonzero(np.asarray(logits).argmax(axis=1) != np.asarray(labels)).tolist()
 
 
+def unseen_accuracy(wrong: Sequence[int], unseen: Sequence[int]) -> dict[str, Any]:
+    """Accuracy on the texts at `unseen` (those without a copy in the training data,
+    `data.unseen_indices`) from the indices of every mistake (multi-label: of every text with a
+    label wrong, so it is subset accuracy): `unseen_accuracy` (None when every text has a copy)
+    and `unseen_count`, how many texts it is over."""
+    missed = len(set(unseen) & set(wrong))
+    return {
+        "unseen_accuracy": 1.0 - missed / len(unseen) if unseen else None,
+        "unseen_count": len(unseen),
+    }
+
+
 def _ranked(is_positive: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """Cumulative true and false positives at each distinct threshold, highest score first."""
     y = np.asarray(is_positive, dtype=bool)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from gptclf.baseline import add_baseline
 from gptclf.batching import Batch
 from gptclf.checkpoint import ClassifierInfo, save_classifier
 from gptclf.classifier import SequenceClassifier, set_trainable
-from gptclf.data import LabeledTexts, splits_from_config
+from gptclf.data import LabeledTexts, splits_from_config, unseen_indices
 from gptclf.distributed import Dist
 from gptclf.errors import GptclfError
 from gptclf.fileio import write_json
@@ -44,6 +44,7 @@ from gptclf.metrics import (
     multilabel_misclassified,
     sigmoid,
     tune_thresholds,
+    unseen_accuracy,
 )
 from gptclf.prefix_cache import PrefixCache, build_caches, cache_start, gather_cache
 from gptclf.train_config import RECIPES, TrainConfig
@@ -80,11 +81,20 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 @dataclass
 class TrainParts:
     """What `fit` builds, replaceable: `classifier(backbone, num_classes, pool)`,
-    `optimizer(model, cfg)` and `batches(...)` (the signature of `batching.batches`)."""
+    `optimizer(model, cfg)` and `batches(...)` (the signature of `batching.batches`).
+
+    Cross-validation (cv.py) builds the rest once for every fold and passes each fold its share:
+    `splits(cfg)` (train, validation, test), `lm(cfg, d)` (a copy of the model loaded once),
+    `encode(cfg, lm, data)` (its token ids) and `prefix_cache(run)` (its states); None: `prepare`
+    builds them from `cfg` (`config_splits`, `load_model`, `encode_splits`, `add_prefix_cache`)."""
 
     classifier: Callable[[nn.Module, int, str], SequenceClassifier] = SequenceClassifier
     optimizer: Callable[[nn.Module, TrainConfig], torch.optim.Optimizer] = make_optimizer
     batches: Callable[..., Iterator[Batch]] = batching.batches
+    splits: Callable[[TrainConfig], Sequence[LabeledTexts]] | None = None
+    lm: Callable[[TrainConfig, Dist], LanguageModel] | None = None
+    encode: Callable[[TrainConfig, LanguageModel, dict[str, LabeledTexts]], Encoded] | None = None
+    prefix_cache: Callable[[Run], None] | None = None
 
 
 @dataclass
@@ -95,6 +105,7 @@ class Encoded:
     length: int | None  # fixed padded length, or None: per batch (dynamic)
     max_length: int  # tokens kept per text
     truncated: dict[str, int]  # texts cut per split
+    lengths: dict[str, list[int]] = field(default_factory=dict)  # tokens per text before cutting
 
 
 @dataclass
@@ -141,6 +152,7 @@ class Run:
     generator: torch.Generator = field(default_factory=torch.Generator)  # the batch order
     epoch_rng: torch.Tensor | None = None  # `generator`'s state when the epoch began
     tally: Tally = field(default_factory=Tally)
+    logits: dict[str, torch.Tensor] = field(default_factory=dict)  # per split, set by `finish`
     last_save: float = field(default_factory=time.perf_counter)
     stop_signal: int = 0  # set by SIGINT/SIGTERM: stop at the next step boundary
 
@@ -198,17 +210,9 @@ def stop_early(run: Run, epoch: int) -> bool:
 
 def prepare(cfg: TrainConfig, d: Dist, device: torch.device, parts: TrainParts) -> Run:
     """Splits, token ids, the classifier with its trainable part, caches, wrapping, optimizer."""
-    data = dict(zip(SPLITS, splits_from_config(dataclasses.asdict(cfg)), strict=True))
-    with distributed.main_first(d):  # one download, then the others read the files
-        lm = load_lm(
-            cfg.model,
-            cfg.weights,
-            seed=cfg.seed,
-            progress=cfg.progress and d.is_main,
-            causal=cfg.causal,
-            dropout=cfg.dropout,
-        )
-    enc = encode_splits(cfg, lm, data)
+    data = dict(zip(SPLITS, (parts.splits or config_splits)(cfg), strict=True))
+    lm = (parts.lm or load_model)(cfg, d)
+    enc = (parts.encode or encode_splits)(cfg, lm, data)
     global_batch = distributed.check_global_batch(d, len(data["train"]), cfg.batch_size)
     log_world(cfg, d, global_batch)
     loss_weights = class_weights(cfg.class_weights, data["train"])
@@ -240,13 +244,31 @@ def prepare(cfg: TrainConfig, d: Dist, device: torch.device, parts: TrainParts) 
         loss_weights_on_device=None if weights is None else weights.to(device),
         class_weights=loss_weights,
     )  # fmt: skip
-    add_prefix_cache(run)  # before wrapping: FSDP would shard the frozen blocks
+    (parts.prefix_cache or add_prefix_cache)(run)  # before wrapping: FSDP shards frozen blocks
     run.wrapped = distributed.wrap(model, d, device)
     if cfg.compile:  # training steps only: evaluation is a handful of no-grad batches
         # dynamic=True: dynamic padding changes the length every batch; one graph serves all.
         run.wrapped = torch.compile(run.wrapped, dynamic=True)
     run.optimizer = parts.optimizer(model, cfg)  # after wrapping: FSDP replaces the parameters
     return run
+
+
+def config_splits(cfg: TrainConfig) -> tuple[LabeledTexts, LabeledTexts, LabeledTexts]:
+    """The train, validation and test splits `cfg` describes."""
+    return splits_from_config(dataclasses.asdict(cfg))
+
+
+def load_model(cfg: TrainConfig, d: Dist) -> LanguageModel:
+    """The base language model `cfg` names (under torchrun: one download, then every rank)."""
+    with distributed.main_first(d):  # one download, then the others read the files
+        return load_lm(
+            cfg.model,
+            cfg.weights,
+            seed=cfg.seed,
+            progress=cfg.progress and d.is_main,
+            causal=cfg.causal,
+            dropout=cfg.dropout,
+        )
 
 
 def encode_splits(cfg: TrainConfig, lm: LanguageModel, data: dict[str, LabeledTexts]) -> Encoded:
@@ -277,7 +299,8 @@ def encode_splits(cfg: TrainConfig, lm: LanguageModel, data: dict[str, LabeledTe
         for name in ids
     }
     log.info("texts truncated to %d tokens (%s): %s", max_length, cfg.truncation, truncated)
-    return Encoded(ids, length, max_length, truncated)
+    lengths = {name: n for name, (_, n) in encoded.items()}
+    return Encoded(ids, length, max_length, truncated, lengths)
 
 
 def log_world(cfg: TrainConfig, d: Dist, global_batch: int) -> None:
@@ -516,7 +539,7 @@ def finish(run: Run, started: float) -> dict[str, Any]:
     train_seconds = time.perf_counter() - run.train_start
     distributed.reshard(run.model, run.d)
     run.model.load_state_dict(run.best_state, strict=False)
-    logits = {name: predict_split(run, name) for name in SPLITS}
+    logits = run.logits = {name: predict_split(run, name) for name in SPLITS}
     labels = run.info.labels
     if run.cfg.tune_thresholds:
         choose_thresholds(run, logits["validation"])
@@ -529,6 +552,9 @@ def finish(run: Run, started: float) -> dict[str, Any]:
         if run.cfg.multi_label
         else misclassified(logits["test"].numpy(), run.data["test"].labels)
     )
+    # Duplicate-aware: accuracy on the test texts without a copy in the training split.
+    unseen = unseen_indices(run.data["train"].texts, run.data["test"].texts)
+    metrics["test"].update(unseen_accuracy(metrics["test"]["misclassified"], unseen))
     if run.cfg.multi_label:
         metrics.update(
             multi_label=True, thresholds=dict(zip(labels, run.info.thresholds, strict=True))

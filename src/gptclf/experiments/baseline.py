@@ -14,8 +14,8 @@ from typing import Any
 
 from gptclf.balance import class_weights
 from gptclf.baseline import C_GRID, select_logreg
-from gptclf.data import splits_from_config
-from gptclf.metrics import logit_metrics, misclassified
+from gptclf.data import splits_from_config, unseen_indices
+from gptclf.metrics import logit_metrics, misclassified, unseen_accuracy
 from gptclf.train import SPLITS, TrainConfig
 
 
@@ -46,6 +46,8 @@ def tfidf_logreg(cfg: TrainConfig, c_grid: tuple[float, ...] = C_GRID) -> dict[s
     metrics["test"]["misclassified"] = misclassified(
         best.predict_log_proba(features["test"]), data["test"].labels
     )
+    unseen = unseen_indices(train.texts, data["test"].texts)
+    metrics["test"].update(unseen_accuracy(metrics["test"]["misclassified"], unseen))
     n_params = int(best.coef_.size + best.intercept_.size)
     metrics.update(
         best_epoch=None,

@@ -8,6 +8,7 @@ bars (matplotlib, no pyplot). Rows without results say "not run yet". Nothing he
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import statistics
@@ -19,7 +20,14 @@ from typing import Any
 
 import numpy as np
 
-from gptclf.data import resolve_split, splits_from_config
+from gptclf.data import (
+    load_dataset,
+    normalized_text,
+    resolve_split,
+    split_book,
+    splits_from_config,
+    unseen_indices,
+)
 from gptclf.experiments.configs import (
     BASELINE_QUESTION,
     EXPERIMENTS,
@@ -31,6 +39,7 @@ from gptclf.experiments.configs import (
 )
 from gptclf.experiments.runner import default_results_dir, load_results, repo_root, skip_reason
 from gptclf.fileio import atomic_write
+from gptclf.metrics import unseen_accuracy
 from gptclf.train_config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -78,6 +87,13 @@ class Row:
             return mean_std([scale * train_seconds(r) for r in self.records])
         return mean_std([scale * r[key] for r in self.records])
 
+    def unseen(self) -> str:
+        """Mean ± std of the duplicate-aware test accuracy (%), or "—" where a run lacks it."""
+        values = [unseen_accuracy_of(r) for r in self.records]
+        if any(v is None for v in values):
+            return "—"
+        return fmt_pm(*mean_std([100 * v for v in values]))
+
     @property
     def acc(self) -> float:
         return self.stat("test_accuracy", 100)[0]
@@ -111,6 +127,41 @@ def train_seconds(record: dict[str, Any]) -> float:
     return seconds
 
 
+# What `splits_from_config` reads: the runs that agree on these share their splits.
+SPLIT_KEYS = (
+    "data", "split", "split_seed", "seed", "text_columns", "label_column", "validation", "test",
+    "balance", "multi_label", "label_sep",
+)  # fmt: skip
+
+
+def split_key(train_config: dict[str, Any]) -> str:
+    """The part of a run's config that fixes its splits, as one hashable string."""
+    chosen = {k: train_config[k] for k in SPLIT_KEYS if k in train_config}
+    if chosen.get("split_seed") is not None:
+        chosen.pop("seed", None)  # the split does not depend on the training seed then
+    return json.dumps(chosen, sort_keys=True)
+
+
+@functools.cache
+def unseen_test_texts(key: str) -> tuple[int, ...]:
+    """Indices of the test texts without a copy in the training split of `split_key` `key`."""
+    train, _, test = splits_from_config(json.loads(key))
+    return tuple(unseen_indices(train.texts, test.texts))
+
+
+def unseen_accuracy_of(record: dict[str, Any]) -> float | None:
+    """A run's accuracy on the test texts with no copy in its training split: as the run
+    recorded it (`metrics.test.unseen_accuracy`), else from its recorded test mistakes and its
+    split, rebuilt from its config (the same number: runs made before it was recorded)."""
+    test = record["metrics"]["test"]
+    if "unseen_accuracy" in test:
+        return test["unseen_accuracy"]
+    if "misclassified" not in test:
+        return None
+    unseen = unseen_test_texts(split_key(record["config"]["train_config"]))
+    return unseen_accuracy(test["misclassified"], list(unseen))["unseen_accuracy"]
+
+
 def setting(exp: Experiment, experiments: dict[str, Experiment]) -> str:
     """What differs from the reference row, as `factor=value` pairs."""
     if exp.method != "fit":
@@ -139,9 +190,9 @@ def table(
     rows: list[Row], experiments: dict[str, Experiment], reasons: dict[str, str | None]
 ) -> list[str]:
     lines = [
-        "| row | setting | test accuracy % | test F1 % | train s | trainable params | seeds "
-        "| book % | book's row |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| row | setting | test accuracy % | unseen % | test F1 % | train s | trainable params "
+        "| seeds | book % | book's row |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         exp = row.exp
@@ -152,13 +203,14 @@ def table(
             reason = reasons.get(exp.name)
             status = "not run yet" + (f" ({reason})" if reason else "")
             lines.append(
-                f"| {name} | {setting(exp, experiments)} | {status} | | | | 0 | "
+                f"| {name} | {setting(exp, experiments)} | {status} | | | | | 0 | "
                 + " | ".join(book)
                 + " |"
             )
             continue
         cells = [
             fmt_pm(*row.stat("test_accuracy", 100)),
+            row.unseen(),
             fmt_pm(*row.stat("test_f1", 100)),
             fmt_pm(*row.stat("train_seconds"), digits=1),
             fmt_params(row.params),
@@ -569,6 +621,45 @@ def _test_split(train_config: dict[str, Any]) -> tuple[Any, ...]:
     return (split, *(train_config.get(k) for k in keys))
 
 
+def duplicates_note(results: dict[str, list[dict[str, Any]]]) -> str:
+    """How far the book's test split overlaps its training split (counted on the data), and
+    how many test texts the "unseen %" column scores on each split the runs used."""
+    train, validation, test = split_book(load_dataset("sms-spam"))
+    counts = {}
+    for name, same in (("exact", str), ("normalised", normalized_text)):
+        seen = {same(t) for t in train.texts}
+        with_val = seen | {same(t) for t in validation.texts}
+        copied = [i for i, t in enumerate(test.texts) if same(t) in seen]
+        counts[name] = (
+            len(copied),
+            sum(test.labels[i] for i in copied),  # spam = 1
+            sum(same(t) in with_val for t in test.texts),
+            len({same(t) for t in test.texts}),
+        )
+    exact, normal = counts["exact"], counts["normalised"]
+    scored = Counter()
+    for records in results.values():
+        for r in records:
+            tc = r["config"]["train_config"]
+            split = resolve_split(tc.get("split", "book"), tc.get("data"))
+            scored[(split, len(unseen_test_texts(split_key(tc))), r["metrics"]["test"]["n"])] += 1
+    per_split = "; ".join(
+        f"{unseen} of {n} with the `{split}` split's training texts" for split, unseen, n in scored
+    )
+    return (
+        "Duplicates: the SMS data repeats messages, and the book's split (`split_book`) keeps "
+        f"the copies. Of its {len(test)} test texts, {exact[0]} have an exact copy among its "
+        f"{len(train):,} training texts ({exact[1]} of them spam), {exact[2]} counting the "
+        f"{len(validation)} validation texts; compared with whitespace runs made one space and "
+        f"case folded, {normal[0]} ({normal[1]} spam) and {normal[2]}. The {len(test)} hold "
+        f"{exact[3]} distinct texts. Part of every test score is recall of a seen message, so "
+        '"unseen %" is each run\'s accuracy on the test texts with no (normalised) copy in its '
+        f"own training split{': ' + per_split if per_split else ''}. Runs record it "
+        "(`metrics.test.unseen_accuracy`); for runs made before that, it is computed from their "
+        "recorded test mistakes on the same split, which gives the same number."
+    )
+
+
 def fmt_duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
 
@@ -662,6 +753,8 @@ def write(
         "time of training one seed, frozen-prefix cache included: where a run read that cache "
         "from another run of the same frozen layers and texts, the time its computation took "
         "there is counted instead of the read.",
+        "",
+        duplicates_note(results),
         "",
         *overview(results, experiments),
     ]
