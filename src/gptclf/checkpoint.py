@@ -171,10 +171,11 @@ def check_fields(data: dict[str, Any], hints: dict[str, Any], where: str) -> Non
 def model_config_from(data: Any, where: str) -> ModelConfig:
     """A ModelConfig from config.json's `model_config`: types, sizes >= 1, then its own checks."""
     check_type(data, dict, where)
-    check_fields(data, typing.get_type_hints(ModelConfig), where)
+    hints = typing.get_type_hints(ModelConfig)
+    check_fields(data, hints, where)
     for key, value in data.items():
-        least = 0 if key == "type_vocab_size" else 1
-        if type(value) is int and value < least:
+        least = 0 if key == "type_vocab_size" else 1  # every other count or size is >= 1
+        if hints[key] in (int, int | None) and value is not None and value < least:
             raise GptclfError(f"{where}.{key} must be at least {least}, got {value}")
     try:
         return ModelConfig.from_dict(data)
