@@ -9,7 +9,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-WORDS = ["free", "call", "now", "win", "prize", "you", "the", "to", "##s", "##ing", "##ed"]
+WORDS = ["free", "call", "now", "win", "prize", "you", "the", "to", "##ing", "##ed"]  # ##s: a char
 
 
 def tiny_vocab() -> list[str]:

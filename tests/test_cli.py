@@ -106,9 +106,9 @@ def bad(tmp_path):
             "blocks",
         ),
         (["train", "--epochs", "0"], "epochs"),
-        (["evaluate", "{tmp}/ckpt"], "checkpoint"),
+        (["evaluate", "{tmp}/ckpt"], "config.json: not valid json"),
         (["evaluate", "{tmp}/nowhere"], "does not exist"),
-        (["predict", "{tmp}/ckpt", "hello"], "checkpoint"),
+        (["predict", "{tmp}/ckpt", "hello"], "config.json: not valid json"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message):

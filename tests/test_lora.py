@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.testing import assert_close
 
+from fixtures_checkpoint import tiny_tokenizer
 from gptclf.api import Classifier
 from gptclf.checkpoint import ClassifierInfo, load_classifier, save_classifier
 from gptclf.classifier import SequenceClassifier, set_trainable
@@ -23,7 +24,6 @@ from gptclf.lora import LoRALinear, apply_lora, lora_layers, merge_lora
 from gptclf.model import GPT
 from gptclf.prefix_cache import cache_start
 from gptclf.train import TrainConfig, fit, make_optimizer
-from gptclf.weights.registry import gpt2_tokenizer
 from test_train import small_split, tiny  # noqa: F401  (fixture)
 
 
@@ -188,7 +188,7 @@ def test_save_and_reload_give_identical_predictions(tmp_path):
     randomize_lora(model)
     info = ClassifierInfo(model.backbone.config, ["ham", "spam"], "last_real", "dynamic", 64)
     info.lora = lora
-    save_classifier(tmp_path, model.state_dict(), gpt2_tokenizer(progress=False), info)
+    save_classifier(tmp_path, model.state_dict(), tiny_tokenizer(), info)  # ids < 512
     loaded, _, loaded_info = load_classifier(tmp_path)
     assert loaded_info.lora == lora and len(lora_layers(loaded)) == 4
     ids, mask = inputs()

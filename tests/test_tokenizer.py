@@ -65,5 +65,5 @@ def test_save_and_load_round_trip(gpt2, tmp_path):
 
 def test_unreadable_tokenizer(tmp_path):
     (tmp_path / "tokenizer.json").write_text("{broken")
-    with pytest.raises(GptclfError, match="cannot read tokenizer"):
+    with pytest.raises(GptclfError, match="tokenizer.json: not valid JSON"):
         Tokenizer.load(tmp_path)

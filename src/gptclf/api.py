@@ -13,7 +13,6 @@ sigmoid probability reaches its threshold (`Prediction.labels`, the checkpoint's
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import warnings
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from gptclf.data import (
     load_dataset,
 )
 from gptclf.errors import GptclfError
+from gptclf.fileio import read_json_object
 from gptclf.inference import predict_logits, resolve_precision
 from gptclf.metrics import logit_metrics, multilabel_logit_metrics, sigmoid
 from gptclf.tokenizer import Tokenizer
@@ -196,10 +196,7 @@ class Classifier:
         path = self.directory / "metrics.json" if self.directory else None
         if path is None or not path.is_file():
             return None
-        try:
-            return json.loads(path.read_text())
-        except ValueError as exc:
-            raise GptclfError(f"unreadable {path}: {exc}") from None
+        return read_json_object(path)
 
     def _encode(self, texts: list[str]) -> list[list[int]]:
         for i, text in enumerate(texts):

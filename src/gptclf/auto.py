@@ -264,7 +264,9 @@ def finish_auto(cfg: TrainConfig, records: list[dict[str, Any]], work: Path) -> 
         settings = read_json(source / "config.json")
         settings.get("train_config", {}).update(where)
         write_json(source / "config.json", settings)
-        for path in source.iterdir():  # same file system: each file arrives whole
+        # Same file system: each file arrives whole; model.safetensors last, as a save renames
+        # them (a kill in between leaves a mix that loading names, by the save ids).
+        for path in sorted(source.iterdir(), key=lambda p: p.name == "model.safetensors"):
             if path.is_file() and path.name != "metrics.json":
                 os.replace(path, out / path.name)
         write_json(out / "metrics.json", metrics)

@@ -27,7 +27,7 @@ import numpy as np
 from gptclf import multilabel, tables
 from gptclf.choices import BALANCE_MODES, SPLIT_MODES
 from gptclf.errors import GptclfError
-from gptclf.fileio import write_bytes
+from gptclf.fileio import atomic_write_many, write_bytes
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
@@ -480,19 +480,22 @@ def write_split(
 
     The bytes equal pandas' ``df.to_csv(path, index=None)`` with ``\\n`` line ends. The label
     names go to ``label_names.json``, which reading an integer-labelled file beside it picks up.
-    Each file is written to a temporary file and moved into place. Returns the three CSV paths.
+    The four files are written to temporary files first, then moved into place together.
+    Returns the three CSV paths.
     """
     if not train.label_names == val.label_names == test.label_names:
         raise GptclfError("train, validation and test have different label_names")
     out_dir = Path(out_dir)
-    write_bytes(out_dir / LABEL_NAMES_FILE, json.dumps(train.label_names).encode("utf-8"))
-    paths = []
+    files = {out_dir / LABEL_NAMES_FILE: json.dumps(train.label_names).encode("utf-8")}
     for name, data in zip(SPLIT_NAMES, (train, val, test), strict=True):
         buffer = io.StringIO(newline="")
         writer = csv.writer(buffer, lineterminator="\n")  # pandas' to_csv uses this writer
         writer.writerow(["Label", "Text"])
         writer.writerows(zip(data.labels, data.texts, strict=True))
-        paths.append(write_bytes(out_dir / f"{name}.csv", buffer.getvalue().encode("utf-8")))
+        files[out_dir / f"{name}.csv"] = buffer.getvalue().encode("utf-8")
+    # written together: a kill leaves the previous split whole, not one file of each
+    atomic_write_many({path: lambda tmp, b=b: tmp.write_bytes(b) for path, b in files.items()})
+    paths = list(files)[1:]
     return paths[0], paths[1], paths[2]
 
 

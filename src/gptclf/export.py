@@ -15,7 +15,6 @@ which is renamed to DIR at the end (`--force` swaps out a non-empty DIR only the
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -32,6 +31,7 @@ from tokenizers import Tokenizer as HFTokenizer
 from gptclf.checkpoint import ClassifierInfo, load_classifier, read_info
 from gptclf.classifier import SequenceClassifier
 from gptclf.errors import GptclfError
+from gptclf.fileio import write_json
 from gptclf.lora import merge_lora
 from gptclf.tokenizer import TOKENIZER_FILE, Tokenizer
 
@@ -105,10 +105,6 @@ def staged_directory(out: Path) -> Iterator[Path]:
         raise
 
 
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-
-
 def label_maps(info: ClassifierInfo) -> dict[str, Any]:
     maps: dict[str, Any] = {
         "id2label": {str(i): name for i, name in enumerate(info.labels)},
@@ -168,7 +164,7 @@ def write_onnx(
     if int8:
         onnx_graph.quantize_int8(directory / MODEL_FILE, directory / INT8_FILE)
     onnx_tokenizer(tokenizer, info).save(str(directory / TOKENIZER_FILE))
-    write_json(directory / "config.json", onnx_config(tokenizer, info, int8))
+    write_json(directory / "config.json", onnx_config(tokenizer, info, int8), ensure_ascii=False)
 
 
 def onnx_config(tokenizer: Tokenizer, info: ClassifierInfo, int8: bool) -> dict[str, Any]:
@@ -220,9 +216,13 @@ def write_hf(
         gptclf={"pool": info.pool, "max_length": info.max_length, "prompt": prompt},
     )
     save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
-    write_json(directory / "config.json", hf_config)
+    write_json(directory / "config.json", hf_config, ensure_ascii=False)
     tokenizer.backend.save(str(directory / TOKENIZER_FILE))  # no padding/truncation set in it
-    write_json(directory / "tokenizer_config.json", hf_tokenizer_config(tokenizer, info))
+    write_json(
+        directory / "tokenizer_config.json",
+        hf_tokenizer_config(tokenizer, info),
+        ensure_ascii=False,
+    )
 
 
 def hf_tokenizer_config(tokenizer: Tokenizer, info: ClassifierInfo) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from gptclf.errors import GptclfError
-from gptclf.fileio import temp_beside
+from gptclf.fileio import commit, temp_beside
 
 log = logging.getLogger(__name__)
 
@@ -380,7 +380,7 @@ class TableWriter:
     def __exit__(self, exc_type, *exc: object) -> None:
         self._file.close()
         if exc_type is None:
-            os.replace(self._tmp, self.path)
+            commit(self._tmp, self.path)
         else:
             self._tmp.unlink(missing_ok=True)
 

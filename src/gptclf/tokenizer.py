@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from tokenizers import Tokenizer as HFTokenizer
@@ -16,6 +17,7 @@ from tokenizers import decoders, models, pre_tokenizers
 
 from gptclf.download import sha256_file
 from gptclf.errors import GptclfError
+from gptclf.fileio import atomic_write_many, json_bytes, read_json_object, read_nonempty
 
 GPT2_EOS = "<|endoftext|>"
 # sha256 of GPT-2's BPE files, as tiktoken pins them for its "gpt2" encoding.
@@ -80,31 +82,44 @@ class Tokenizer:
     def decode(self, ids: list[int]) -> str:
         return self.backend.decode(ids, skip_special_tokens=False)
 
-    def save(self, directory: Path) -> None:
-        """Write `tokenizer.json` + our special-token names, enough for `Tokenizer.load`."""
-        directory.mkdir(parents=True, exist_ok=True)
-        self.backend.save(str(directory / TOKENIZER_FILE))
+    def file_writers(self, directory: Path) -> dict[Path, Callable[[Path], object]]:
+        """How `tokenizer.json` and `tokenizer_meta.json` (our special-token names) are written
+        into `directory`, for `fileio.atomic_write_many` (here, and with a checkpoint's files)."""
         meta = {
             "eos_token": self.eos_token,
             "pad_token": self.pad_token,
             "add_special_tokens": self.add_special_tokens,
         }
-        (directory / META_FILE).write_text(json.dumps(meta, indent=2))
+        return {
+            directory / TOKENIZER_FILE: lambda tmp: self.backend.save(str(tmp)),
+            directory / META_FILE: lambda tmp: tmp.write_bytes(json_bytes(meta)),
+        }
+
+    def save(self, directory: Path) -> None:
+        """Write `tokenizer.json` + `tokenizer_meta.json`, enough for `Tokenizer.load`."""
+        directory.mkdir(parents=True, exist_ok=True)
+        atomic_write_many(self.file_writers(directory))
 
     @classmethod
     def load(cls, directory: Path) -> Tokenizer:
-        try:
-            backend = HFTokenizer.from_file(str(directory / TOKENIZER_FILE))
-            meta = json.loads((directory / META_FILE).read_text())
-            special = bool(meta.get("add_special_tokens", False))
-            return cls(backend, meta["eos_token"], meta.get("pad_token"), special)
-        except (
-            OSError,
-            ValueError,
-            KeyError,
-            Exception,
-        ) as exc:  # tokenizers raises plain Exception
-            raise GptclfError(f"cannot read tokenizer in {directory}: {exc}") from None
+        """The tokenizer saved in `directory`; a file missing, damaged or naming a token the
+        vocabulary lacks is one error naming the file."""
+        directory = Path(directory)
+        backend = read_backend(required(directory, TOKENIZER_FILE))
+        meta_path = required(directory, META_FILE)
+        meta = read_json_object(meta_path)
+        special = meta.get("add_special_tokens", False)
+        if not isinstance(special, bool):
+            raise GptclfError(f"{meta_path}: add_special_tokens must be true or false")
+        for key in ("eos_token", "pad_token"):
+            token = meta.get(key)
+            if key == "pad_token" and token is None:
+                continue  # no pad token of its own: pads with eos
+            if not isinstance(token, str):
+                raise GptclfError(f"{meta_path}: {key} must be a string, got {token!r}")
+            if backend.token_to_id(token) is None:
+                raise GptclfError(f"{meta_path}: {key} {token!r} is not in {TOKENIZER_FILE}")
+        return cls(backend, meta["eos_token"], meta.get("pad_token"), special)
 
     @classmethod
     def from_bpe_files(cls, vocab_path: Path, merges_path: Path) -> Tokenizer:
@@ -115,6 +130,26 @@ class Tokenizer:
         except (OSError, ValueError) as exc:
             raise GptclfError(f"cannot read BPE files {vocab_path}, {merges_path}: {exc}") from None
         return cls(byte_level_bpe(vocab, merges, [GPT2_EOS]), GPT2_EOS)
+
+
+def required(directory: Path, name: str) -> Path:
+    """`directory / name`, which must be a file."""
+    if not (directory / name).is_file():
+        raise GptclfError(f"{directory}: no {name} (an incomplete checkpoint?)")
+    return directory / name
+
+
+def read_backend(path: Path) -> HFTokenizer:
+    """A `tokenizers` tokenizer from its JSON file; not JSON, or not a tokenizer: one error."""
+    data = read_nonempty(path)
+    try:
+        json.loads(data)  # its own parser's message for a cut file is less clear
+    except ValueError as exc:
+        raise GptclfError(f"{path}: not valid JSON ({exc})") from None
+    try:
+        return HFTokenizer.from_str(data.decode("utf-8"))
+    except Exception as exc:  # tokenizers raises plain Exception
+        raise GptclfError(f"{path}: cannot read tokenizer ({exc})") from None
 
 
 def read_merges(path: Path) -> list[tuple[str, str]]:

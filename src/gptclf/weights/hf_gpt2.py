@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 
 from gptclf.config import PRESETS, ModelConfig
 from gptclf.errors import GptclfError
-from gptclf.fileio import read_json, read_safetensors, write_json
+from gptclf.fileio import atomic_write_many, json_bytes, read_json, read_safetensors
 
 # GPT-2's Conv1D layers store weight as (in_features, out_features): the transpose of nn.Linear.
 CONV1D_WEIGHTS = (
@@ -95,8 +95,14 @@ def save_hf_gpt2(directory: Path, config: ModelConfig, state: dict[str, torch.Te
     """Write our GPT-2-style weights as config.json + model.safetensors in the Hugging Face layout
     (what `load_hf_gpt2` reads back). Tokenizer files are the caller's."""
     hf_config, hf_state = gpt2_to_hf(config, state)
-    write_json(directory / "config.json", hf_config)
-    save_file(hf_state, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    atomic_write_many(
+        {
+            directory / "config.json": lambda tmp: tmp.write_bytes(json_bytes(hf_config)),
+            directory / "model.safetensors": lambda tmp: save_file(
+                hf_state, str(tmp), metadata={"format": "pt"}
+            ),
+        }
+    )
 
 
 def load_hf_gpt2(
