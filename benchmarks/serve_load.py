@@ -30,6 +30,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -202,6 +203,8 @@ def served(run: Path, *flags: str) -> Iterator[tuple[str, subprocess.Popen]]:
                 url = match.group(1)
         if url is None:
             raise RuntimeError("the server did not start within 120 s")
+        # Keep reading its log (a line per request): a full pipe would stall the server.
+        threading.Thread(target=proc.stderr.read, daemon=True).start()
         yield url, proc
     finally:
         if proc.poll() is None:
@@ -219,6 +222,7 @@ def measure(run: Path, args: argparse.Namespace) -> dict[str, Any]:
     def expected_of(texts: list[str]) -> list[Any]:
         return [answer(p.to_dict()) for p in clf.predict(texts)]
 
+    load_before = os.getloadavg()
     with served(run) as (url, proc):
         result = run_load(
             url,
@@ -237,6 +241,8 @@ def measure(run: Path, args: argparse.Namespace) -> dict[str, Any]:
         "model": clf.info.train_config.get("model"),
         "sigterm_exit_code": exit_code,
         "hardware": hardware()["summary"],
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
         "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
 
@@ -262,7 +268,7 @@ def section(path: Path = RESULTS) -> list[str]:
         "Latency: good requests, sent to answer read. Client and server share the machine.",
         "",
         "| model | texts/request | requests | wrong | 5xx | p50 ms | p99 ms | requests/s | "
-        "SIGTERM exit | machine | date |",
+        "SIGTERM exit | machine (load average before/after) | date |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in latest.values():
@@ -270,7 +276,8 @@ def section(path: Path = RESULTS) -> list[str]:
             f"| {r['model']} | {r['texts_per_request']} | {r['requests']:,} ({r['malformed']} "
             f"malformed, {r['clients']} clients) | {r['wrong']} | {r['server_errors']} | "
             f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['requests_per_second']:.0f} | "
-            f"{r['sigterm_exit_code']} | {r['hardware']} | {r['finished'][:10]} |"
+            f"{r['sigterm_exit_code']} | {r['hardware']} ({r['load_average_before'][0]:.1f} / "
+            f"{r['load_average_after'][0]:.1f}) | {r['finished'][:10]} |"
         )
     return lines
 
