@@ -265,7 +265,11 @@ def section(path: Path = RESULTS) -> list[str]:
         "malformed (not JSON, not UTF-8, nested 5,000 deep, nulls, wrong types, empty texts, a key",
         "twice, too many texts, a body over the limit), then SIGTERM. Wrong: answers that differ",
         "from `Classifier.predict` on the same texts, or malformed requests not given their 4xx.",
-        "Latency: good requests, sent to answer read. Client and server share the machine.",
+        "Latency: good requests, sent to answer read. Good requests carry short synthetic texts",
+        "(`Request 12.0: it was great and fine.`). gpt2-tiny: the tests' tiny random model;",
+        "smollm2-135m: `gptclf train --recipe smollm2` (the main job). Client and server share the",
+        "machine; a load average well above its core count means other jobs shared it too, and an",
+        'idle machine would do better ("bf16 emulated" would follow AVX512 without avx512_bf16).',
         "",
         "| model | texts/request | requests | wrong | 5xx | p50 ms | p99 ms | requests/s | "
         "SIGTERM exit | machine (load average before/after) | date |",

@@ -32,6 +32,9 @@ import serve_load  # noqa: E402
 
 LIMITS = Limits(max_texts=8, max_chars=2000)
 TIMEOUT = 1.5  # the served app's --client-timeout, short so that stalls are cut off quickly
+LATE = (
+    5 * TIMEOUT
+)  # a stall cut off after this long was not cut off by the timeout (slow CI allowed)
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +45,14 @@ def clf(reviews_run: Path) -> Classifier:
 @pytest.fixture(scope="module")
 def url(clf: Classifier) -> Iterator[str]:
     with running(create_app(clf, LIMITS, client_timeout=TIMEOUT)) as base:
+        yield base
+
+
+@pytest.fixture(scope="module")
+def roomy_url(clf: Classifier) -> Iterator[str]:
+    """The default client timeout (30 s): stalled clients stay connected while others are served,
+    and no good request of a loaded CI machine runs into the short one."""
+    with running(create_app(clf, LIMITS)) as base:
         yield base
 
 
@@ -96,7 +107,7 @@ def test_stalled_headers_are_cut_off_while_others_are_served(url: str) -> None:
     assert good_requests_answered(url)
     for sock in stalled:
         data, seconds = read_all(sock)
-        assert data == b"" and seconds < 3 * TIMEOUT  # closed, not left open forever
+        assert data == b"" and seconds < LATE  # closed, not left open forever
         sock.close()
 
 
@@ -112,7 +123,7 @@ def test_trickled_headers_are_cut_off(url: str) -> None:
             closed = sock.recv(1) == b""
         else:
             sock.sendall(b"X-Slow: yes\r\n")
-    assert closed and time.monotonic() - start < 3 * TIMEOUT
+    assert closed and time.monotonic() - start < LATE
     sock.close()
 
 
@@ -128,7 +139,7 @@ def test_a_stalled_body_is_408(url: str, sent: int) -> None:
         408,
         {"error": f"request body not received within {TIMEOUT:g} seconds"},
     )
-    assert seconds < 3 * TIMEOUT
+    assert seconds < LATE
     sock.close()
 
 
@@ -153,7 +164,7 @@ def test_a_keep_alive_connection_stalling_in_its_next_request_is_closed(url: str
     sock = connect(url)
     sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\nGET /hea")
     data, seconds = read_all(sock)
-    assert data.endswith(b'{"status":"ok"}') and seconds < 3 * TIMEOUT
+    assert data.endswith(b'{"status":"ok"}') and seconds < LATE
     sock.close()
 
 
@@ -172,7 +183,7 @@ def test_a_chunked_body_over_the_limit_is_refused_while_it_arrives(url: str) -> 
             break
         sent += 1
     assert sent < 1024, "the whole 64 MiB went out: nothing refused it while it arrived"
-    data, _ = read_all(sock, limit=3 * TIMEOUT + 5)
+    data, _ = read_all(sock, limit=LATE)
     assert json_error(data) == (413, {"error": f"request body over {LIMITS.max_body_bytes} bytes"})
     sock.close()
 
@@ -207,7 +218,7 @@ def test_a_content_length_shorter_than_the_body(url: str, tail: bytes, statuses:
     data, seconds = read_all(sock)
     responses = [b"HTTP/1.1 " + r for r in data.split(b"HTTP/1.1 ")[1:]]
     assert [json_error(r)[0] for r in responses] == statuses
-    assert seconds < 3 * TIMEOUT
+    assert seconds < LATE
     sock.close()
 
 
@@ -262,14 +273,16 @@ def test_sigterm_lets_the_request_in_flight_finish_then_exits_0(reviews_run: Pat
         proc.wait()
 
 
-def test_1000_requests_from_50_clients_some_malformed(url: str, clf: Classifier) -> None:
+def test_1000_requests_from_50_clients_some_malformed(roomy_url: str, clf: Classifier) -> None:
     """The bounded load test: every good request answered with `predict`'s labels, each malformed
     one with its 4xx, none 5xx, within a time limit (so that a hang fails, not blocks, CI)."""
 
     def expected_of(texts: list[str]) -> list[str]:
         return [p.label for p in clf.predict(texts)]
 
-    result = serve_load.run_load(url, expected_of, 1000, 50, malformed_share=0.1, time_limit=120)
+    result = serve_load.run_load(
+        roomy_url, expected_of, 1000, 50, malformed_share=0.1, time_limit=120
+    )
     print(json.dumps(result))  # p50/p99 in the test log (-s)
     assert result["wrong"] == 0, result["wrong_examples"]
     assert result["server_errors"] == 0
@@ -342,13 +355,14 @@ def test_the_server_answers_valid_requests_with_200(texts: list[str], client) ->
     assert len(reply.json()["predictions"]) == len(texts)
 
 
-def test_a_stalled_client_does_not_hold_the_worker(url: str) -> None:
-    """While 50 clients hold requests half sent, 50 others are all answered at once."""
-    stalled = [connect(url) for _ in range(50)]
+def test_a_stalled_client_does_not_hold_the_worker(roomy_url: str) -> None:
+    """While 50 clients hold requests half sent (30 s allowed), 100 good ones are all answered."""
+    stalled = [connect(roomy_url) for _ in range(50)]
     for sock in stalled:
         sock.sendall(post_head(100) + b'{"texts": [')
+    start = time.monotonic()
     with ThreadPoolExecutor(max_workers=10) as pool:
-        results = list(pool.map(lambda _: good_requests_answered(url, 5), range(10)))
-    assert all(results)
+        results = list(pool.map(lambda _: good_requests_answered(roomy_url), range(10)))
+    assert all(results) and time.monotonic() - start < 25  # before any stalled one times out
     for sock in stalled:
         sock.close()
