@@ -273,6 +273,20 @@ def test_sigterm_lets_the_request_in_flight_finish_then_exits_0(reviews_run: Pat
         proc.wait()
 
 
+def test_a_taken_port_is_one_error_line(reviews_run: Path, capsys) -> None:
+    """uvicorn logs why it cannot listen and exits 3 (SystemExit): `gptclf serve` says it in its
+    own one line and exits 2, as for any other bad input."""
+    from gptclf.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        assert main(["serve", str(reviews_run), "--port", port, "--no-ui"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("gptclf:")]
+    assert len(errors) == 1 and f"cannot serve on 127.0.0.1:{port}" in errors[0], errors
+
+
 def test_1000_requests_from_50_clients_some_malformed(roomy_url: str, clf: Classifier) -> None:
     """The bounded load test: every good request answered with `predict`'s labels, each malformed
     one with its 4xx, none 5xx, within a time limit (so that a hang fails, not blocks, CI)."""

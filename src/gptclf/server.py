@@ -574,8 +574,15 @@ def serve(
     try:
         with sigterm_stops(server):
             server.run()
-    except OSError as exc:  # e.g. the port is taken
+    except OSError as exc:
         raise GptclfError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
+    except SystemExit:  # uvicorn's way out when it cannot listen, after logging why
+        if server.started:
+            raise
+        raise GptclfError(
+            f"cannot serve on {host}:{port}: the port is taken or the address is not this "
+            "machine's (uvicorn's error above)"
+        ) from None
 
 
 @contextmanager
