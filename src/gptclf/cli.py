@@ -242,7 +242,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from gptclf.server import Limits, serve
 
     limits = Limits(max_texts=args.max_texts, max_chars=args.max_chars)
-    serve(args.checkpoint, args.host, args.port, limits, batch_size=args.batch_size, ui=args.ui)
+    serve(
+        args.checkpoint,
+        args.host,
+        args.port,
+        limits,
+        batch_size=args.batch_size,
+        ui=args.ui,
+        client_timeout=args.client_timeout,
+    )
     return 0
 
 
@@ -442,6 +450,14 @@ def add_inference_commands(sub) -> None:
         help="characters per request, all texts (413 above)",
     )
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument(
+        "--client-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="seconds a client has to send a request's headers, and as many for its body (408 "
+        "after); on SIGTERM, requests in flight get as long to finish (default: 30)",
+    )
     p.add_argument(
         "--no-ui", dest="ui", action="store_false", help="no page at / (the JSON API only)"
     )
