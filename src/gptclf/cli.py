@@ -427,7 +427,9 @@ def add_inference_commands(sub) -> None:
     )
     p.add_argument("checkpoint")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=number("--port", Range(1, 65535)), default=8000)
+    p.add_argument(
+        "--port", type=number("--port", Range(0, 65535)), default=8000, help="0: any free port"
+    )
     p.add_argument(
         "--max-texts", type=number("--max-texts"), default=64, help="texts per request (413 above)"
     )
