@@ -202,9 +202,8 @@ class Classifier:
         return None if self.info.padding == "dynamic" else self.info.max_length
 
     def _logits(self, texts: list[str], batch_size: int) -> torch.Tensor:
-        check_number(
-            "batch_size", batch_size, AT_LEAST_1
-        )  # 0: range() fails; < 0: silently no rows
+        # 0 made range() fail; a negative size gave no rows at all, silently
+        check_number("batch_size", batch_size, AT_LEAST_1)
         return predict_logits(
             self.model,
             self._encode(texts),
