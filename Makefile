@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt Makefile
 	touch $@
 
 main: install
-	$(BIN)/gptclf train --recipe smollm2 --out runs/main $(ARGS)
+	$(BIN)/gptclf train --recipe smollm2 --out runs/main --overwrite $(ARGS)
 
 test: install browser
 	$(BIN)/python -m pytest -q

@@ -60,6 +60,7 @@ def run_one(dataset: str, system: str) -> dict:
         str(build(dataset)),
         "--out",
         str(out),
+        "--overwrite",  # no cached result: a run left there before is redone
     ]
     cmd += SYSTEMS[system] + COMMON
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}

@@ -39,6 +39,7 @@ from gptclf.fileio import read_json_object
 from gptclf.inference import predict_logits, resolve_precision
 from gptclf.metrics import logit_metrics, multilabel_logit_metrics, sigmoid
 from gptclf.tokenizer import Tokenizer
+from gptclf.train_config import AT_LEAST_1, check_number
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +120,7 @@ class Classifier:
         last) checkpoint, loaded. `recipe`: book, smollm2 or auto (default: smollm2, but book when a
         `model` is given); options = `TrainConfig` fields, e.g. data, text_columns, label_column,
         model, epochs, out."""
+        from gptclf.out_dir import prepare_out
         from gptclf.train import TrainConfig, fit
         from gptclf.train_config import config_for
 
@@ -128,6 +130,7 @@ class Classifier:
         cfg = config_for(recipe, **options)
         if cfg.out is None:
             raise GptclfError("Classifier.train needs an out directory to load the result from")
+        prepare_out(cfg)  # as `gptclf train`: a bad `out` fails before any model loads
         if recipe == "auto":
             from gptclf.auto import fit_auto
 
@@ -211,6 +214,8 @@ class Classifier:
         return None if self.info.padding == "dynamic" else self.info.max_length
 
     def _logits(self, texts: list[str], batch_size: int) -> torch.Tensor:
+        # 0 made range() fail; a negative size gave no rows at all, silently
+        check_number("batch_size", batch_size, AT_LEAST_1)
         return predict_logits(
             self.model,
             self._encode(texts),
@@ -347,6 +352,7 @@ class Classifier:
         --encoding, --delimiter (the output is UTF-8, delimited by its suffix).
         """
         tables.table_format(output, tables.WRITE_FORMATS)  # fail before reading anything
+        check_number("batch_size", batch_size, AT_LEAST_1)
         if Path(output).resolve() == Path(input).resolve():
             raise GptclfError("--output must differ from --input")
         wanted = text_columns or self.text_columns

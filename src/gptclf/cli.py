@@ -10,9 +10,13 @@ import os
 import re
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gptclf.choices import INFERENCE_PRECISIONS, SPLIT_MODES
 from gptclf.errors import GptclfError, Interrupted
+
+if TYPE_CHECKING:
+    from gptclf.train_config import Range
 
 log = logging.getLogger("gptclf")
 
@@ -66,12 +70,18 @@ NUMBER_TYPES = {"int": int, "float": float}
 
 
 def checked(f: dataclasses.Field, convert):
-    """The flag's `type`: convert, then `TrainConfig`'s own check of the field (choices, finite
-    numbers, counts), so a bad value stops argparse with the message the Python API gives."""
-    from gptclf.train_config import check_field
+    """The flag's `type`: convert, then `TrainConfig`'s own check of the field (choices, number
+    ranges), so a bad value stops argparse with the message the Python API gives."""
+    from gptclf.train_config import NUMBER_RANGES, check_field, flag_name
 
     def parse(text: str):
-        value = convert(text)  # a ValueError: argparse's "invalid int value"
+        try:
+            value = convert(text)
+        except ValueError:  # not a number: the range's message, not "invalid int value"
+            if f.name not in NUMBER_RANGES:
+                raise
+            message = NUMBER_RANGES[f.name].message(flag_name(f), text)
+            raise argparse.ArgumentTypeError(message) from None
         try:
             check_field(f, value)
         except GptclfError as exc:
@@ -82,16 +92,42 @@ def checked(f: dataclasses.Field, convert):
     return parse
 
 
+def number(flag: str, allowed: Range | None = None):
+    """The `type` of a hand-written numeric flag: a number in `allowed` (default: at least 1),
+    else one line naming the flag and the range, as for the generated train flags."""
+    from gptclf.train_config import AT_LEAST_1
+
+    allowed = allowed or AT_LEAST_1
+
+    def parse(text: str):
+        try:
+            value = (int if allowed.integer else float)(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(allowed.message(flag, text)) from None
+        if value not in allowed:
+            raise argparse.ArgumentTypeError(allowed.message(flag, value))
+        return value
+
+    return parse
+
+
 class Parser(argparse.ArgumentParser):
-    """argparse, but a value `TrainConfig` rejects is reported in its words, on one line."""
+    """argparse, but every usage error is one line (a value `TrainConfig` or a range rejects:
+    in its words), and a negative number such as -1e-3 or -inf is a flag's value."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # argparse takes only -5 or -.5 for a value; "--lr -1e-3" was "expected one argument"
+        self._negative_number_matcher = re.compile(
+            r"^-(\d+\.?\d*|\.\d+)(e[-+]?\d+)?$|^-(inf|infinity|nan)$", re.I
+        )
 
     def error(self, message: str):
         # "argument --pool: --pool must be one of ...": the check's message names the flag
         own = re.fullmatch(r"argument (--[\w-]+)(?:/--[\w-]+)?: (\1 .*)", message, re.S)
-        if own:
-            print(f"gptclf: error: {own.group(2)}", file=sys.stderr)
-            raise RejectedValue(2)
-        super().error(message)
+        line = own.group(2) if own else f"{message} (see {self.prog} --help)"
+        print(f"gptclf: error: {line}", file=sys.stderr)
+        raise RejectedValue(2)
 
 
 class RejectedValue(SystemExit):
@@ -135,15 +171,19 @@ def train_config(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from gptclf.out_dir import prepare_out
+
     cfg = train_config(args)
     if args.recipe == "auto":
         from gptclf.auto import check_budget, fit_auto
 
         check_budget(cfg)  # a budget too short is an error before torch loads
+        prepare_out(cfg)
         metrics = fit_auto(cfg)
     else:
         if cfg.time_budget is not None:
             log.warning("--time-budget applies to --recipe auto only: ignored")
+        prepare_out(cfg)  # an --out that cannot take this run: an error before torch loads
         from gptclf.train import fit  # torch: after the options are checked
 
         metrics = fit(cfg)
@@ -193,8 +233,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from gptclf.api import Classifier
     from gptclf.data import splits_from_config
 
-    if args.errors < 0:
-        raise GptclfError("--errors must be at least 0")
     clf = Classifier.load(args.checkpoint, precision=args.precision)
     dialect = {"encoding": args.encoding, "delimiter": args.delimiter}
     if args.data:
@@ -396,6 +434,8 @@ def build_parser(recipe: str = "book") -> argparse.ArgumentParser:
 
 def add_inference_commands(sub) -> None:
     """evaluate, predict, serve: what reads a trained classifier."""
+    from gptclf.train_config import Range
+
     p = sub.add_parser("evaluate", help="print metrics of a saved classifier as JSON")
     p.add_argument("checkpoint")
     add_precision_arg(p)
@@ -405,9 +445,13 @@ def add_inference_commands(sub) -> None:
     add_column_args(p, "the training columns")
     add_table_args(p)
     p.add_argument(
-        "--errors", type=int, default=0, metavar="N", help="list the N most confident mistakes"
+        "--errors",
+        type=number("--errors", Range(0)),
+        default=0,
+        metavar="N",
+        help="list the N most confident mistakes",
     )
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=number("--batch-size"), default=32)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser(
@@ -426,7 +470,7 @@ def add_inference_commands(sub) -> None:
     )
     add_column_args(p, "the training columns", label=False)
     add_table_args(p)  # of --input; --output is UTF-8, delimited by its suffix
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=number("--batch-size"), default=32)
     p.add_argument(
         "--no-progress",
         dest="progress",
@@ -441,15 +485,19 @@ def add_inference_commands(sub) -> None:
     )
     p.add_argument("checkpoint")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--max-texts", type=int, default=64, help="texts per request (413 above)")
+    p.add_argument(
+        "--port", type=number("--port", Range(0, 65535)), default=8000, help="0: any free port"
+    )
+    p.add_argument(
+        "--max-texts", type=number("--max-texts"), default=64, help="texts per request (413 above)"
+    )
     p.add_argument(
         "--max-chars",
-        type=int,
+        type=number("--max-chars"),
         default=100_000,
         help="characters per request, all texts (413 above)",
     )
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=number("--batch-size"), default=32)
     p.add_argument(
         "--client-timeout",
         type=float,
@@ -475,6 +523,8 @@ def add_inference_commands(sub) -> None:
 
 def add_data_commands(sub) -> None:
     """data split, models, download."""
+    from gptclf.train_config import SEED
+
     p = sub.add_parser("data", help="dataset utilities")
     data_sub = p.add_subparsers(dest="data_command", required=True)
     p = data_sub.add_parser("split", help="write train/validation/test.csv (Label,Text)")
@@ -482,7 +532,7 @@ def add_data_commands(sub) -> None:
     add_column_args(p)
     add_table_args(p)
     p.add_argument("--split", default="book", choices=SPLIT_MODES)
-    p.add_argument("--seed", type=int, default=123)
+    p.add_argument("--seed", type=number("--seed", SEED), default=123)
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_data_split)
 

@@ -46,7 +46,7 @@ FORMAT = "gptclf-train-state"
 VERSION = 1
 SAVE_SECONDS = 60.0  # default interval between saves when --save-every is not given
 # Settings a resumed run may change: they do not change what is computed.
-FREE_SETTINGS = {"resume", "save_every", "progress", "report", "cache_dir"}
+FREE_SETTINGS = {"resume", "overwrite", "save_every", "progress", "report", "cache_dir"}
 
 
 def state_path(out: str | Path) -> Path:

@@ -214,6 +214,7 @@ def prepare(cfg: TrainConfig, d: Dist, device: torch.device, parts: TrainParts) 
     lm = (parts.lm or load_model)(cfg, d)
     enc = (parts.encode or encode_splits)(cfg, lm, data)
     global_batch = distributed.check_global_batch(d, len(data["train"]), cfg.batch_size)
+    warn_batch_beyond_data(cfg, global_batch, len(data["train"]))
     log_world(cfg, d, global_batch)
     loss_weights = class_weights(cfg.class_weights, data["train"])
     label_names = data["train"].label_names
@@ -274,7 +275,12 @@ def load_model(cfg: TrainConfig, d: Dist) -> LanguageModel:
 def encode_splits(cfg: TrainConfig, lm: LanguageModel, data: dict[str, LabeledTexts]) -> Encoded:
     """Token ids of every split, truncated as `cfg` says, and the padded length."""
     context = lm.config.context_length
-    max_length = min(cfg.max_length or context, context)
+    if cfg.max_length is not None and cfg.max_length > context:  # asked for: not cut silently
+        raise GptclfError(
+            f"--max-length {cfg.max_length} is beyond the context of {cfg.model} "
+            f"({context} tokens): use at most {context}"
+        )
+    max_length = cfg.max_length or context
 
     def encode(max_length: int) -> dict[str, tuple[list[list[int]], list[int]]]:
         return {
@@ -303,6 +309,26 @@ def encode_splits(cfg: TrainConfig, lm: LanguageModel, data: dict[str, LabeledTe
     return Encoded(ids, length, max_length, truncated, lengths)
 
 
+def warn_batch_beyond_data(cfg: TrainConfig, global_batch: int, n_train: int) -> None:
+    """A batch larger than the training split is the whole split (as in Keras or transformers,
+    whose last batch is smaller): it trains, but with one optimizer step per epoch."""
+    if global_batch > n_train:
+        log.warning(
+            "--batch-size %d is more than the %d training texts: each epoch is one step on all "
+            "of them",
+            cfg.batch_size,
+            n_train,
+        )
+    elif global_batch * cfg.grad_accum > n_train:
+        log.warning(
+            "--batch-size %d x --grad-accum %d is more than the %d training texts: each epoch is "
+            "one optimizer step",
+            cfg.batch_size,
+            cfg.grad_accum,
+            n_train,
+        )
+
+
 def log_world(cfg: TrainConfig, d: Dist, global_batch: int) -> None:
     if d.enabled:
         log.info(
@@ -321,6 +347,12 @@ def add_adapters(model: SequenceClassifier, cfg: TrainConfig) -> dict[str, Any] 
     returns what the checkpoint records to rebuild them, or None."""
     if cfg.trainable != "lora":
         return None
+    width = model.backbone.config.d_model  # every adapted linear has at least this many in/outs
+    if cfg.lora_rank > width:
+        raise GptclfError(
+            f"--lora-rank {cfg.lora_rank} is more than the model's width ({width}): an adapter's "
+            f"update has rank at most {width}"
+        )
     lora: dict[str, Any] = {
         "rank": cfg.lora_rank,
         "alpha": cfg.lora_alpha,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import os
 import re
 import shutil
@@ -27,6 +28,11 @@ def option(default: Any, help: str = "", **cli: Any) -> Any:
     None function raising `GptclfError`, for values other than None), tty_default (the CLI
     default is whether stderr is a terminal)."""
     return dataclasses.field(default=default, metadata={"help": help, **cli})
+
+
+# Every run replaces this one (`gptclf train` with no --out); another --out that holds a run needs
+# --resume or --overwrite (out_dir.py).
+DEFAULT_OUT = "runs/latest"
 
 
 def unescape_newlines(text: str) -> str:
@@ -206,12 +212,19 @@ class TrainConfig:
         False, "under torchrun: shard parameters, gradients and optimizer state (default: DDP)"
     )
     out: str | None = option(
-        "runs/latest", "checkpoint directory (in Python, out=None writes nothing)"
+        DEFAULT_OUT,
+        "checkpoint directory: new or empty, or --resume/--overwrite for one that holds a run "
+        f"(the default {DEFAULT_OUT} is replaced by every run; in Python, out=None writes nothing)",
     )
     resume: bool = option(
         False,
         "continue the run in --out from its training state (train_state.safetensors): "
         "the same command plus --resume; without a state, start fresh",
+    )
+    overwrite: bool = option(
+        False,
+        "replace the run in --out: its files are removed before training, so none of them "
+        "mix with this run's",
     )
     save_every: int | None = option(
         None,
@@ -260,39 +273,95 @@ def flag_name(f: dataclasses.Field) -> str:
 
 
 def check_field(f: dataclasses.Field, value: Any) -> None:
-    """A field's value against its declared choices and type (numbers finite, counts >= 1)."""
+    """A field's value against its declared choices and, for a number, its range."""
     flag = flag_name(f)
     known = f.metadata.get("choices")
     if known is not None and value not in known:
         raise GptclfError(f"{flag} must be one of {', '.join(known)}, got {value!r}")
-    if isinstance(value, bool) or value is None:
+    if value is None:
         return
     if (check := f.metadata.get("check")) is not None:
         check(value)
-    if isinstance(value, float) and not math.isfinite(value):
-        raise GptclfError(f"{flag} must be a finite number, got {value}")
-    if isinstance(value, int) and f.name in COUNTS and value < 1:
-        raise GptclfError(f"{flag} must be at least 1")
+    if f.name in NUMBER_RANGES:
+        check_number(flag, value, NUMBER_RANGES[f.name])
+
+
+@dataclass(frozen=True)
+class Range:
+    """The numbers a flag accepts (finite; `integer`: whole numbers only), and how a message
+    says so."""
+
+    low: float
+    high: float = math.inf
+    integer: bool = True
+    low_open: bool = False  # low itself is not allowed (--lr > 0)
+    high_open: bool = False  # high itself is not allowed (--dropout < 1)
+
+    def __contains__(self, value: Any) -> bool:
+        kind = numbers.Integral if self.integer else numbers.Real  # numpy's numbers too
+        if isinstance(value, bool) or not isinstance(value, kind):
+            return False
+        if not self.integer and not finite(value):
+            return False
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        return above and below
+
+    def describe(self) -> str:
+        if self.high == math.inf:
+            return f"greater than {self.low}" if self.low_open else f"at least {self.low}"
+        left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+        return f"in {left}{self.low}, {self.high}{right}"
+
+    def message(self, flag: str, given: Any) -> str:
+        """One line naming the flag, the allowed range and what was given (a number out of
+        range, or text that is not one)."""
+        number = isinstance(given, numbers.Real) and not isinstance(given, bool)
+        whole = isinstance(given, numbers.Integral) or not self.integer
+        if number and whole and (self.integer or finite(given)):
+            return f"{flag} must be {self.describe()}, got {given}"  # the right kind, too far
+        kind = "an integer" if self.integer else "a finite number"
+        return f"{flag} must be {kind}, {self.describe()}, got {given!r}"
+
+
+def finite(value: numbers.Real) -> bool:
+    """Not nan or ±inf; an int is finite, unless it is beyond what a float holds (then a float
+    option would become inf)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond 1e308
+        return False
+
+
+def check_number(flag: str, value: Any, allowed: Range) -> None:
+    """`value` in `allowed`, else one line naming `flag` and the range (used for every numeric
+    option: TrainConfig's fields and the other commands' flags alike)."""
+    if value not in allowed:
+        raise GptclfError(allowed.message(flag, value))
 
 
 PATH_FIELDS = ("model", "data", "validation", "test", "cache_dir", "out")
-# Integer fields that count something: at least 1.
-COUNTS = {
-    "lora_rank", "lora_blocks", "max_length", "epochs", "batch_size", "grad_accum",
-    "eval_batch_size", "save_every", "patience",
+AT_LEAST_1 = Range(1)  # counts: epochs, batch sizes, ranks...
+# numpy's legacy RandomState (pandas' sample, the book split) takes seeds up to 2**32 - 1 only.
+SEED = Range(0, 2**32 - 1)
+# Every numeric field's range; a field missing here fails tests/test_flags.py.
+NUMBER_RANGES: dict[str, Range] = {
+    **dict.fromkeys(
+        ("lora_rank", "lora_blocks", "max_length", "epochs", "batch_size", "grad_accum",
+         "eval_batch_size", "save_every", "patience"),
+        AT_LEAST_1,
+    ),
+    "seed": SEED,
+    "split_seed": SEED,
+    "lr": Range(0, integer=False, low_open=True),
+    "weight_decay": Range(0, integer=False),
+    "lora_alpha": Range(0, integer=False, low_open=True),
+    "dropout": Range(0, 1, integer=False, high_open=True),
 }  # fmt: skip
 
 
 def check_values(cfg: TrainConfig) -> None:
-    """What a field's type and choices do not say."""
-    if cfg.lr <= 0:
-        raise GptclfError("--lr must be positive")
-    if cfg.weight_decay < 0:
-        raise GptclfError("--weight-decay must be at least 0")
-    if cfg.lora_alpha <= 0:
-        raise GptclfError("--lora-alpha must be positive")
-    if not 0 <= cfg.dropout < 1:
-        raise GptclfError(f"--dropout must be in [0, 1), got {cfg.dropout}")
+    """What a field's type, choices and range do not say."""
     if not re.fullmatch(choices.TRAINABLE_PATTERN, cfg.trainable):
         raise GptclfError(
             f"unknown trainable spec {cfg.trainable!r}; expected {choices.TRAINABLE_HELP}"
@@ -305,6 +374,8 @@ def check_values(cfg: TrainConfig) -> None:
         )
     if cfg.time_budget is not None:
         parse_duration(cfg.time_budget)
+    if cfg.resume and cfg.overwrite:
+        raise GptclfError("--resume continues the run in --out, --overwrite replaces it: give one")
     if cfg.resume and cfg.fsdp:
         raise GptclfError("--resume does not support --fsdp yet (its optimizer state is sharded)")
     if cfg.out is not None and os.path.exists(cfg.out) and not os.path.isdir(cfg.out):

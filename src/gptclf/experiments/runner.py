@@ -25,7 +25,7 @@ from gptclf import train
 from gptclf.errors import GptclfError
 from gptclf.experiments.configs import EXPERIMENTS, SPLIT_SEED, Experiment, select, validate
 from gptclf.fileio import write_json
-from gptclf.train_config import TrainConfig
+from gptclf.train_config import SEED, TrainConfig
 
 log = logging.getLogger(__name__)
 _TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -62,13 +62,14 @@ def result_path(results_dir: Path, name: str, seed: int) -> Path:
 
 def parse_seeds(text: str) -> list[int]:
     """ "123,124,125" → [123, 124, 125] (duplicates dropped, order kept)."""
-    try:
-        seeds = [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise GptclfError(f"--seeds must be comma-separated integers, got {text!r}") from None
+    seeds = [s.strip() for s in text.split(",") if s.strip()]
+    if not all(s.isascii() and s.isdigit() and int(s) in SEED for s in seeds):
+        raise GptclfError(
+            f"--seeds must be comma-separated integers {SEED.describe()}, got {text!r}"
+        )
     if not seeds:
         raise GptclfError("--seeds: give at least one seed")
-    return list(dict.fromkeys(seeds))
+    return list(dict.fromkeys(int(s) for s in seeds))
 
 
 @dataclass
