@@ -479,6 +479,12 @@ def add_inference_commands(sub) -> None:
         help="no progress bar (default when not a terminal)",
     )
     p.set_defaults(func=cmd_predict)
+    add_serve_command(sub)
+    add_export_command(sub)
+
+
+def add_serve_command(sub) -> None:
+    from gptclf.train_config import Range
 
     p = sub.add_parser(
         "serve", help="HTTP JSON service (POST /classify, GET /health, GET /info) and a page at /"
@@ -500,7 +506,7 @@ def add_inference_commands(sub) -> None:
     p.add_argument("--batch-size", type=number("--batch-size"), default=32)
     p.add_argument(
         "--client-timeout",
-        type=float,
+        type=number("--client-timeout", Range(0, low_open=True, integer=False)),
         default=30.0,
         metavar="SECONDS",
         help="seconds a client has to send a request's headers, and as many for its body (408 "
@@ -511,6 +517,8 @@ def add_inference_commands(sub) -> None:
     )
     p.set_defaults(func=cmd_serve)
 
+
+def add_export_command(sub) -> None:
     p = sub.add_parser("export", help="write a classifier as ONNX or a transformers directory")
     p.add_argument("checkpoint")
     # Checked by `export` itself (not `choices`): a bad format is then one `gptclf: error:` line.
