@@ -305,9 +305,14 @@ def test_1000_requests_from_50_clients_some_malformed(roomy_url: str, clf: Class
 
 # --- the request parser, property-based ----------------------------------------------------
 
+
+def json_containers(inner: st.SearchStrategy) -> st.SearchStrategy:
+    return st.lists(inner, max_size=5) | st.dictionaries(st.text(), inner, max_size=5)
+
+
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
-    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(), inner, max_size=5),
+    json_containers,
     max_leaves=20,
 )
 # Values shaped like requests reach the deeper checks more often than arbitrary ones.
