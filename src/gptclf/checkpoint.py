@@ -2,6 +2,7 @@
 
     DIR/config.json          format version, model config, base-model source, labels, pooling,
                              padding, max length, the training config, LoRA adapters (if any),
+                             whether the class head has a bias (`head_bias`; absent: it has),
                              multi-label: `multi_label` and `thresholds` (one per label)
     DIR/tokenizer.json       the tokenizer (+ tokenizer_meta.json: eos/pad tokens)
     DIR/model.safetensors    all classifier weights (backbone.* + head.*)
@@ -51,6 +52,7 @@ class ClassifierInfo:
     lora: dict[str, Any] | None = None  # `apply_lora` keyword arguments; None = no adapters
     multi_label: bool = False  # sigmoid outputs: every label whose probability reaches its
     thresholds: list[float] | None = None  # threshold (one per label) is predicted
+    head_bias: bool = True  # --no-head-bias: the class head has none (absent: older checkpoints)
 
     def to_dict(self) -> dict[str, Any]:
         multi = {"multi_label": True, "thresholds": self.thresholds} if self.multi_label else {}
@@ -65,6 +67,7 @@ class ClassifierInfo:
             "base": self.base,
             "train_config": self.train_config,
             "lora": self.lora,
+            "head_bias": self.head_bias,
             **multi,  # only when set: single-label config.json files stay as they were
         }
 
@@ -85,6 +88,7 @@ class ClassifierInfo:
             lora=data.get("lora"),
             multi_label=bool(data.get("multi_label", False)),
             thresholds=data.get("thresholds"),
+            head_bias=bool(data.get("head_bias", True)),  # every head had one before the option
         )
 
 
@@ -128,7 +132,7 @@ def load_classifier(directory: Path) -> tuple[SequenceClassifier, Tokenizer, Cla
         raise GptclfError(f"corrupt weights {directory / WEIGHTS_FILE}: {exc}") from None
     with torch.device("meta"):
         backbone = build_backbone(info.model_config)
-        model = SequenceClassifier(backbone, len(info.labels), info.pool)
+        model = SequenceClassifier(backbone, len(info.labels), info.pool, info.head_bias)
         if info.lora:  # rebuild the adapters so their saved weights have somewhere to go
             apply_lora(model, **info.lora)
     assign_state_dict(model, state, str(directory / WEIGHTS_FILE))
