@@ -160,3 +160,12 @@ def reviews_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from fixtures_tool import train_reviews
 
     return train_reviews(tmp_path_factory.mktemp("reviews"))
+
+
+@pytest.fixture(scope="session")
+def multilabel_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny multi-label classifier (topics, tuned thresholds) trained through the CLI
+    (``fixtures_multilabel.py``); shared by the multi-label and page tests."""
+    from fixtures_multilabel import train_topics
+
+    return train_topics(tmp_path_factory.mktemp("multilabel"))

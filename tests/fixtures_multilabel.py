@@ -1,5 +1,6 @@
 """Multi-label data as a user has it: texts about zero to three topics, the label cell listing
-them (``sport|money``; in JSONL also a list). ``topics`` makes the rows, ``write_topics`` the file."""
+them (``sport|money``; in JSONL also a list). ``topics`` makes the rows, ``write_topics`` the file,
+``train_topics`` a tiny classifier on them (the conftest fixture ``multilabel_run`` shares one)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,11 @@ TOPICS = {
     "food": ["pizza", "lunch", "cake", "soup"],
 }
 FILLER = ["today", "maybe", "later", "see", "you", "the", "and", "ok"]
+COLUMNS = ["--text-column", "message", "--label-column", "tags"]
+FLAGS = [
+    "--multi-label", *COLUMNS, "--model", "gpt2-tiny", "--weights", "random", "--epochs", "3",
+    "--lr", "2e-3", "--trainable", "all", "--max-length", "16", "--no-progress",
+]  # fmt: skip
 
 
 def topics(n: int = 120, seed: int = 0) -> list[dict[str, object]]:
@@ -43,3 +49,13 @@ def write_topics(path: Path, rows: list[dict[str, object]] | None = None, sep: s
         for r in rows:
             writer.writerow([r["id"], r["message"], sep.join(r["tags"])])
     return path
+
+
+def train_topics(root: Path) -> Path:
+    """Train the tiny random GPT-2 on 150 topic rows with tuned thresholds; the run directory."""
+    from gptclf.cli import main
+
+    data = write_topics(root / "topics.csv", topics(150))
+    out = root / "run"
+    assert main(["train", "--data", str(data), *FLAGS, "--tune-thresholds", "--out", str(out)]) == 0
+    return out

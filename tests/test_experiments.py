@@ -25,6 +25,7 @@ from gptclf.experiments.configs import (
     validate,
 )
 from gptclf.train import TrainConfig
+from gptclf.train_config import RECIPES
 
 SEEDS = [1, 2]
 
@@ -589,3 +590,16 @@ def test_a_search_chooses_on_validation_never_on_test():
     text = " ".join(report.choice([chosen, best_test]))
     assert "The choice is best-test" in text and "not ranked: chosen" in text
     assert "nothing is chosen" in " ".join(report.choice([never]))
+
+
+def test_every_committed_result_still_counts_for_its_row():
+    """A new TrainConfig option or a recipe change must not make cached results silently stale
+    (docs/RESULTS.md would lose them) or relabel them. `head_bias`: the rows ran with a biased
+    head, before the option existed; the recipe's head has none now, so the rows pin it."""
+    assert EXPERIMENTS["smollm2"].overrides["head_bias"] is True
+    assert RECIPES["smollm2"]["head_bias"] is False
+    paths = sorted(runner.default_results_dir().glob("*/seed*.json"))
+    assert paths, "no committed results"
+    for path in paths:
+        if path.parent.name in EXPERIMENTS:
+            assert runner.load_result(path, EXPERIMENTS[path.parent.name]) is not None, path

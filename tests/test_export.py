@@ -90,18 +90,17 @@ def write_run(
     padding: str = "dynamic",
     lora: dict | None = None,
     head_bias: bool = True,
+    multi_label: bool = False,
     seed: int = 0,
     max_length: int | None = None,
     **train_config,
 ) -> Path:
     """A classifier checkpoint as `gptclf train` writes it, with random weights."""
     backbone, tokenizer = backbone_and_tokenizer(arch, directory.parent)
-    model = SequenceClassifier(backbone, len(LABELS), pool)
+    model = SequenceClassifier(backbone, len(LABELS), pool, head_bias)
     if lora:
         apply_lora(model, **lora)
     randomize(model, seed)
-    if not head_bias:
-        model.head.bias.data.zero_()
     info = ClassifierInfo(
         model_config=backbone.config,
         labels=LABELS,
@@ -112,6 +111,9 @@ def write_run(
         base={"name": f"{arch}-tiny", "weights": "random"},
         train_config={"precision": "fp32", "truncation": "head", **train_config},
         lora=lora,
+        head_bias=head_bias,
+        multi_label=multi_label,
+        thresholds=[0.3, 0.5, 0.7] if multi_label else None,
     )
     save_classifier(directory, model.state_dict(), tokenizer, info)
     return directory
@@ -127,6 +129,10 @@ def expected_probabilities(run: Path, texts: list[str] = TEXTS) -> np.ndarray:
 def softmax(logits: np.ndarray) -> np.ndarray:
     e = np.exp(logits - logits.max(axis=1, keepdims=True))
     return e / e.sum(axis=1, keepdims=True)
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    return 1 / (1 + np.exp(-logits))
 
 
 def onnx_probabilities(out: Path, texts: list[str], model_file: str = "model.onnx") -> np.ndarray:
@@ -145,7 +151,7 @@ def onnx_probabilities(out: Path, texts: list[str], model_file: str = "model.onn
     session = onnxruntime.InferenceSession(str(out / model_file))
     (logits,) = session.run(["logits"], feed)
     assert logits.shape == (len(texts), len(LABELS))
-    return softmax(logits)
+    return sigmoid(logits) if config.get("activation") == "sigmoid" else softmax(logits)
 
 
 ONNX_CASES = [  # every pooling mode, each architecture at least once
@@ -206,7 +212,9 @@ def hf_probabilities(out: Path, texts: list[str], our_ids: list[list[int]]):
         assert row[: len(ids)] == ids and set(row[len(ids) :]) <= {tokenizer.pad_token_id}
     model = AutoModelForSequenceClassification.from_pretrained(out).eval()
     with torch.no_grad():
-        direct = model(**batch).logits.softmax(-1).numpy()
+        logits = model(**batch).logits
+    multi_label = model.config.problem_type == "multi_label_classification"
+    direct = (logits.sigmoid() if multi_label else logits.softmax(-1)).numpy()
     classify = pipeline("text-classification", model=str(out), top_k=None)
     results = classify(texts, batch_size=3, truncation=True)  # batches of 3 texts: padded
     piped = np.array(
@@ -237,11 +245,55 @@ def test_hf_matches_predict_on_padded_batches(tmp_path, arch, pool, options, cls
     assert not list(out.glob("*.bin")) and not list(out.glob("*.pt"))  # no pickles
 
 
+MULTI_LABEL_CASES = [
+    ("gpt2", "last_real", {}),  # the head bias folded into ln_f
+    ("llama", "last_real", {"head_bias": False}),
+]
+
+
+@pytest.mark.parametrize(("arch", "pool", "options"), MULTI_LABEL_CASES, ids=lambda c: str(c))
+def test_multi_label_exports_give_predicts_per_label_probabilities(tmp_path, arch, pool, options):
+    run = write_run(tmp_path / "run", arch, pool, multi_label=True, **options)
+    expected = expected_probabilities(run)  # sigmoids: they do not sum to 1
+    assert not np.allclose(expected.sum(axis=1), 1, atol=0.05)
+    onnx_dir = export(run, tmp_path / "onnx", "onnx")
+    config = json.loads((onnx_dir / "config.json").read_text())
+    assert config["activation"] == "sigmoid" and config["thresholds"] == [0.3, 0.5, 0.7]
+    for rows in (slice(None), slice(2, 5)):
+        got = onnx_probabilities(onnx_dir, TEXTS[rows])
+        np.testing.assert_allclose(got, expected[rows], atol=TOLERANCE, rtol=0)
+    # config.json's thresholds give a deployment `predict`'s label sets
+    chosen = [{LABELS[i] for i in np.flatnonzero(p >= config["thresholds"])} for p in expected]
+    clf = Classifier.load(run, precision="fp32")
+    assert chosen == [set(p.labels) for p in clf.predict(TEXTS)]
+    hf_dir = export(run, tmp_path / "hf", "hf")
+    assert json.loads((hf_dir / "config.json").read_text())["problem_type"] == (
+        "multi_label_classification"
+    )
+    ours = [clf.tokenizer.encode(t)[: clf.info.max_length] for t in TEXTS]
+    _, direct, piped = hf_probabilities(hf_dir, TEXTS, ours)
+    np.testing.assert_allclose(direct, expected, atol=TOLERANCE, rtol=0)
+    np.testing.assert_allclose(piped, expected, atol=TOLERANCE, rtol=0)  # the pipeline's sigmoid
+
+
 def test_llama_head_bias_that_differs_between_classes_is_refused(tmp_path):
     run = write_run(tmp_path / "run", "llama", "last_real")  # random head bias
-    with pytest.raises(GptclfError, match="score head has no bias"):
+    with pytest.raises(GptclfError, match="score head has no bias.*train with --no-head-bias"):
         export(run, tmp_path / "hf", "hf")
     assert not (tmp_path / "hf").exists() and [p.name for p in tmp_path.iterdir()] == ["run"]
+
+
+def test_a_class_constant_llama_head_bias_is_dropped_only_under_softmax():
+    from gptclf.weights.hf_export import drop_constant_bias
+
+    drop_constant_bias(torch.full((3,), 0.25))  # a softmax ignores a shared constant
+    drop_constant_bias(None)
+    with pytest.raises(GptclfError, match="differs between classes by 0.1"):
+        drop_constant_bias(torch.tensor([0.25, 0.35, 0.25]))
+    # each label's sigmoid reads its own logit: a shared constant changes every probability
+    with pytest.raises(GptclfError, match="multi-label head's bias reaches 0.25.*--no-head-bias"):
+        drop_constant_bias(torch.full((3,), 0.25), multi_label=True)
+    drop_constant_bias(torch.zeros(3), multi_label=True)
 
 
 @pytest.mark.parametrize(
@@ -327,3 +379,59 @@ def test_force_replaces_only_once_the_new_directory_is_complete(tmp_path, capsys
     code, _ = cli(["export", str(run), "--format", "hf", "--out", str(out), "--force"], capsys)
     assert code == 0 and not (out / "old.txt").exists() and (out / "config.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "run"]
+
+
+# --- the class head's bias (--head-bias / --no-head-bias) -----------------------------------
+
+
+def test_no_head_bias_trains_and_saves_a_head_without_bias(tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    from fixtures_tool import TRAIN_FLAGS, reviews, write_reviews
+
+    data = write_reviews(tmp_path / "reviews.csv", reviews(n_per_class=8))
+    out = tmp_path / "run"
+    columns = ["--text-column", "review_body", "--label-column", "sentiment"]
+    argv = ["train", "--data", str(data), *columns, *TRAIN_FLAGS, "--epochs", "1"]
+    quiet = ["--no-report", "--no-baseline", "--no-head-bias", "--out", str(out)]
+    assert main(argv + quiet) == 0
+    capsys.readouterr()
+    config = json.loads((out / "config.json").read_text())
+    assert config["head_bias"] is False and config["train_config"]["head_bias"] is False
+    assert {k for k in load_file(str(out / "model.safetensors")) if k.startswith("head.")} == {
+        "head.weight"
+    }
+    clf = Classifier.load(out)
+    assert clf.model.head.bias is None
+    assert sum(clf.predict(["It was great."])[0].probabilities.values()) == pytest.approx(1)
+
+
+def test_recipes_head_bias():
+    from gptclf.train_config import config_for
+
+    assert config_for("smollm2").head_bias is False  # exports to LlamaForSequenceClassification
+    assert config_for("book").head_bias is True  # the book's head (GPT-2: folded into ln_f)
+    assert config_for("smollm2", head_bias=True).head_bias is True
+
+
+def test_checkpoint_records_the_head_bias_and_older_ones_load_with_one(tmp_path):
+    biasless = write_run(tmp_path / "biasless", "llama", "last_real", head_bias=False)
+    assert json.loads((biasless / "config.json").read_text())["head_bias"] is False
+    clf = Classifier.load(biasless, precision="fp32")
+    assert clf.model.head.bias is None and clf.info.head_bias is False
+    ids = torch.tensor([clf.tokenizer.encode("free prize now")])
+    with torch.no_grad():
+        hidden = clf.model.backbone.hidden_states(ids)[:, -1]  # final norm included
+        torch.testing.assert_close(clf.model(ids), hidden @ clf.model.head.weight.T)
+    # a checkpoint from before the option: no key, and its head has a bias
+    older = write_run(tmp_path / "older", "llama", "last_real")
+    config = json.loads((older / "config.json").read_text())
+    del config["head_bias"]
+    (older / "config.json").write_text(json.dumps(config))
+    clf = Classifier.load(older, precision="fp32")
+    assert clf.info.head_bias is True and clf.model.head.bias is not None
+    # a config.json that says no bias over weights that have one: one line, not a wrong model
+    config["head_bias"] = False
+    (older / "config.json").write_text(json.dumps(config))
+    with pytest.raises(GptclfError, match="unexpected \\['head.bias'\\]"):
+        Classifier.load(older)

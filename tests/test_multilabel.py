@@ -16,7 +16,7 @@ import httpx
 import numpy as np
 import pytest
 
-from fixtures_multilabel import TOPICS, topics, write_topics
+from fixtures_multilabel import FLAGS, TOPICS, topics, write_topics
 from gptclf import Classifier
 from gptclf.balance import class_weights
 from gptclf.batching import batches
@@ -30,11 +30,6 @@ from gptclf.server import Limits, create_app, running
 from gptclf.train import TrainConfig, TrainParts, fit
 
 LABELS = sorted(TOPICS)
-COLUMNS = ["--text-column", "message", "--label-column", "tags"]
-FLAGS = [
-    "--multi-label", *COLUMNS, "--model", "gpt2-tiny", "--weights", "random", "--epochs", "3",
-    "--lr", "2e-3", "--trainable", "all", "--max-length", "16", "--no-progress",
-]  # fmt: skip
 
 
 # --- data ---------------------------------------------------------------------------------
@@ -154,12 +149,8 @@ def test_options_that_do_not_fit_multi_label(options: dict, message: str, capsys
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("multilabel")
-    data = write_topics(root / "topics.csv", topics(150))
-    out = root / "run"
-    assert main(["train", "--data", str(data), *FLAGS, "--tune-thresholds", "--out", str(out)]) == 0
-    return out
+def run_dir(multilabel_run: Path) -> Path:
+    return multilabel_run  # conftest: one run shared with the page's tests
 
 
 @pytest.fixture(scope="module")

@@ -419,3 +419,102 @@ def test_no_ui(clf: Classifier) -> None:
             assert (
                 answer.json()["predictions"][0]["label"] == clf.predict(["It was fine."])[0].label
             )
+
+
+# --- a multi-label classifier: `labels` (zero or more) and each label's own probability -------
+
+
+@pytest.fixture(scope="module")
+def multi_clf(multilabel_run: Path) -> Classifier:
+    return Classifier.load(multilabel_run)
+
+
+@pytest.fixture(scope="module")
+def multi_url(multi_clf: Classifier) -> Iterator[str]:
+    with running(create_app(multi_clf, LIMITS)) as base:
+        yield base
+
+
+def test_multi_label_texts_show_every_chosen_label(browser, multi_url: str, multi_clf) -> None:
+    tab = Page(browser, multi_url)
+    page = tab.open()
+    card = dict(
+        zip(
+            page.locator("#card dt").all_inner_texts(),
+            page.locator("#card dd").all_inner_texts(),
+            strict=True,
+        )
+    )
+    thresholds = dict(zip(multi_clf.labels, multi_clf.thresholds, strict=True))
+    assert card["thresholds"] == ", ".join(
+        f"{n} {float(f'{t:.3f}'):g}" for n, t in thresholds.items()
+    )
+    subset = page.locator("#metrics tr", has_text="subset accuracy").locator("td")
+    expected_subset = [multi_clf.metrics[s]["subset_accuracy"] for s in ("validation", "test")]
+    assert subset.all_inner_texts() == [f"{100 * a:.2f}%" for a in expected_subset]
+    # several labels and one: the model's own answers to these (checked, not assumed)
+    texts = ["pizza soup cake lunch cash", "cash prize and pay"]
+    expected = multi_clf.predict(texts)
+    assert len(expected[0].labels) >= 2 and len(expected[1].labels) == 1
+    for i, (text, want) in enumerate(zip(texts, expected, strict=True)):
+        page.fill("#text", text)
+        page.press("#text", "Enter")
+        page.wait_for_function(
+            "n => document.querySelectorAll('#history li').length === n", arg=i + 1
+        )
+        shown = shown_prediction(page)
+        assert shown["label"] == (", ".join(want.labels) or "no label")
+        assert list(shown["bars"]) == multi_clf.labels
+        for name, (p, text_shown) in shown["bars"].items():
+            assert p == pytest.approx(want.probabilities[name], abs=1e-5)
+            assert text_shown == percent(want.probabilities[name])
+        top = page.eval_on_selector_all("#bars .top", "rows => rows.map(r => r.dataset.label)")
+        assert sorted(top) == sorted(want.labels)
+        marks = page.eval_on_selector_all(
+            "#bars .bar", "rows => rows.map(r => Number(r.dataset.threshold))"
+        )
+        assert marks == pytest.approx(multi_clf.thresholds)
+        if i == 0:
+            tab.screenshot("multi-label")
+    history = page.locator("#history li").all_inner_texts()
+    assert (
+        history
+        == [f"{', '.join(p.labels)} — {t}" for t, p in zip(texts, expected, strict=True)][::-1]
+    )
+    # no label reaches its threshold (this tiny model always finds one: a prediction as sent)
+    none = {"labels": [], "probabilities": dict.fromkeys(multi_clf.labels, 0.01)}
+    page.evaluate("p => showPrediction(p)", none)
+    assert page.inner_text("#label") == "no label" and page.locator("#bars .top").count() == 0
+    tab.close()
+
+
+def test_a_multi_label_file_is_classified_like_predict_file(
+    browser, multi_url: str, multi_clf: Classifier, tmp_path: Path
+) -> None:
+    from fixtures_multilabel import topics, write_topics
+
+    rows = topics(12, seed=5)
+    rows[2] = {**rows[2], "message": ""}  # an empty text: left unlabelled
+    source = write_topics(tmp_path / "new.csv", rows)
+    expected_file = tmp_path / "expected.csv"
+    multi_clf.predict_file(source, expected_file)
+    expected = list(csv.DictReader(expected_file.open(newline="", encoding="utf-8")))
+    tab = Page(browser, multi_url)
+    page = run_file(tab, source)
+    with page.expect_download() as download:
+        page.click("#download")
+    got = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text("utf-8"))))
+    assert list(got[0]) == list(expected[0]) and "predicted_labels" in got[0]
+    assert [g["predicted_labels"] for g in got] == [e["predicted_labels"] for e in expected]
+    assert any("|" in e["predicted_labels"] for e in expected)  # several labels in a cell
+    for g, e in zip(got, expected, strict=True):
+        for name in [f"probability_{n}" for n in multi_clf.labels]:
+            assert (g[name] == e[name] == "") or float(g[name]) == pytest.approx(
+                float(e[name]), abs=1e-5
+            )
+    header = page.locator("#table thead th").all_inner_texts()
+    cells = page.locator("#table tbody tr").nth(0).locator("td").all_inner_texts()
+    shown = dict(zip(header, cells, strict=True))
+    assert shown["predicted_labels"] == expected[0]["predicted_labels"]
+    assert shown["probability_money"] == percent(float(expected[0]["probability_money"]))
+    tab.close()

@@ -2,6 +2,7 @@
 
     DIR/config.json          format version, model config, base-model source, labels, pooling,
                              padding, max length, the training config, LoRA adapters (if any),
+                             whether the class head has a bias (`head_bias`; absent: it has),
                              multi-label: `multi_label` and `thresholds` (one per label);
                              `save_id`: the save it was written by
     DIR/tokenizer.json       the tokenizer (+ tokenizer_meta.json: eos/pad tokens)
@@ -72,6 +73,7 @@ class ClassifierInfo:
     lora: dict[str, Any] | None = None  # `apply_lora` keyword arguments; None = no adapters
     multi_label: bool = False  # sigmoid outputs: every label whose probability reaches its
     thresholds: list[float] | None = None  # threshold (one per label) is predicted
+    head_bias: bool = True  # --no-head-bias: the class head has none (absent: older checkpoints)
 
     def to_dict(self) -> dict[str, Any]:
         multi = {"multi_label": True, "thresholds": self.thresholds} if self.multi_label else {}
@@ -86,6 +88,7 @@ class ClassifierInfo:
             "base": self.base,
             "train_config": self.train_config,
             "lora": self.lora,
+            "head_bias": self.head_bias,
             **multi,  # only when set: single-label config.json files stay as they were
         }
 
@@ -105,6 +108,7 @@ class ClassifierInfo:
             lora=data.get("lora"),
             multi_label=data.get("multi_label", False),
             thresholds=data.get("thresholds"),
+            head_bias=bool(data.get("head_bias", True)),  # every head had one before the option
         )
 
 
@@ -386,7 +390,7 @@ def build_model(info: ClassifierInfo, config_path: Path) -> SequenceClassifier:
     try:
         with torch.device("meta"):
             model = SequenceClassifier(
-                build_backbone(info.model_config), len(info.labels), info.pool
+                build_backbone(info.model_config), len(info.labels), info.pool, info.head_bias
             )
             if info.lora:  # rebuild the adapters so their saved weights have somewhere to go
                 apply_lora(model, **info.lora)

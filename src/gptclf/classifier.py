@@ -64,7 +64,13 @@ class SequenceClassifier(nn.Module):
     final norm `ln_f`. Its LM head is dropped.
     """
 
-    def __init__(self, backbone: nn.Module, num_classes: int, pool_mode: PoolMode = "last"):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int,
+        pool_mode: PoolMode = "last",
+        head_bias: bool = True,
+    ):
         super().__init__()
         if pool_mode not in POOL_MODES:
             raise GptclfError(
@@ -76,6 +82,8 @@ class SequenceClassifier(nn.Module):
         self.backbone.lm_head = None
         self.head = nn.Linear(backbone.config.d_model, num_classes)
         self.pool_mode = pool_mode
+        if not head_bias:
+            drop_head_bias(self)
 
     def forward(
         self,
@@ -116,6 +124,13 @@ class SequenceClassifier(nn.Module):
     def backbone_mask(self, attention_mask: torch.Tensor | None) -> torch.Tensor | None:
         # `last` is the book's mode: pads are ordinary tokens, so the backbone sees no mask.
         return None if self.pool_mode == "last" else attention_mask
+
+
+def drop_head_bias(model: SequenceClassifier) -> None:
+    """A class head without bias (`--no-head-bias`). The bias is drawn with the weight and then
+    dropped, so the weight and every later random draw are those of the biased head: a seed
+    compares like with like."""
+    model.head.bias = None  # nn.Linear's `bias=False` state: a registered parameter set to None
 
 
 def _last_n(spec: str) -> int | None:

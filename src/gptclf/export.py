@@ -198,7 +198,7 @@ def write_hf(
 ) -> None:
     from gptclf.weights.hf_export import classifier_to_hf
 
-    architecture, (hf_config, state) = classifier_to_hf(model)
+    architecture, (hf_config, state) = classifier_to_hf(model, info.multi_label)
     log.info("as %s", architecture)
     prompt = info.train_config.get("prompt")
     if prompt:

@@ -341,6 +341,7 @@ def describe(
         multi = {
             "multi_label": True,
             "thresholds": dict(zip(classifier.labels, classifier.thresholds, strict=True)),
+            "label_sep": classifier.label_sep,  # the page's CSV joins labels as predict_file does
         }
     return {
         "model": {

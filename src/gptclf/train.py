@@ -29,7 +29,7 @@ from gptclf.balance import class_weights
 from gptclf.baseline import add_baseline
 from gptclf.batching import Batch
 from gptclf.checkpoint import ClassifierInfo, save_classifier
-from gptclf.classifier import SequenceClassifier, set_trainable
+from gptclf.classifier import SequenceClassifier, drop_head_bias, set_trainable
 from gptclf.data import LabeledTexts, splits_from_config, unseen_indices
 from gptclf.distributed import Dist
 from gptclf.errors import GptclfError
@@ -219,6 +219,8 @@ def prepare(cfg: TrainConfig, d: Dist, device: torch.device, parts: TrainParts) 
     loss_weights = class_weights(cfg.class_weights, data["train"])
     label_names = data["train"].label_names
     model = parts.classifier(lm.model, len(label_names), cfg.pool).to(device)
+    if not cfg.head_bias:
+        drop_head_bias(model)
     lora = add_adapters(model, cfg)
     trainable = set_trainable(model, cfg.trainable)
     info = ClassifierInfo(
@@ -232,6 +234,7 @@ def prepare(cfg: TrainConfig, d: Dist, device: torch.device, parts: TrainParts) 
         lora=lora,
         multi_label=cfg.multi_label,
         thresholds=[0.5] * len(label_names) if cfg.multi_label else None,
+        head_bias=cfg.head_bias,
     )
     # Each rank evaluates a shard of every split (the same examples every epoch).
     eval_ids = {

@@ -9,8 +9,8 @@ says otherwise): a point of comparison, not a target.
 
 References:
 - `SMOLLM2` = `RECIPES["smollm2"]` (the main job: SmolLM2-135M, last two blocks, last real
-  token, dynamic padding in random batches, fp32, lr 2e-4, 5 epochs); most rows vary one factor
-  of it.
+  token, dynamic padding in random batches, fp32, lr 2e-4, 5 epochs), with the class head's bias
+  the rows ran with (the recipe's head has none since); most rows vary one factor of it.
 - `BOOK` = the `TrainConfig` defaults (the book's chapter 6: GPT-2 small, last token, longest
   padding, fp32, lr 5e-5); the pretrained GPT-2 rows use it, so they are the book's rows exactly.
 - `_SEARCH` = the search that chose the recipe (question `tuning`, once
@@ -147,7 +147,11 @@ BOOK: dict[str, Any] = {f: getattr(_DEFAULTS, f) for f in FACTORS}
 # The recipe's precision is `auto` (bf16 where native, else fp32); the rows pin fp32, so a row
 # means the same run on every machine: bf16 is 7x slower than fp32 on a CPU without native
 # bf16 (benchmarks/bf16_matmul.py) and gave the same accuracy (the smollm2-bf16 row).
-SMOLLM2: dict[str, Any] = {**BOOK, **RECIPES["smollm2"], "precision": "fp32"}
+# The rows also keep the class head's bias: they ran before `head_bias` existed, with one (a
+# result without the option in its recorded TrainConfig counts as the default, True), and the
+# recipe's bias-free head measured the same accuracy (README, "Export"). Without this pin the
+# recipe's `head_bias=False` would make every cached smollm2 result stale.
+SMOLLM2: dict[str, Any] = {**BOOK, **RECIPES["smollm2"], "precision": "fp32", "head_bias": True}
 SPAM_PROMPT = 'Text message: "{text}"\nIs this text message spam? Answer:'
 REFERENCE = "smollm2"  # the row every "setting" column is described against
 

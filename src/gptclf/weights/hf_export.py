@@ -12,7 +12,9 @@ Where their classes compute something else than ours, the mapping stays exact or
   only the score reads, so the head bias moves into it exactly (`fold_head_bias`). Llama's final
   RMSNorm has no bias and its output scales with 1/rms(x), so no parameter can carry a constant:
   a head bias that differs between classes is refused (a class-constant one changes no
-  probability and is dropped).
+  softmax probability and is dropped; with sigmoid outputs, multi-label, any bias is refused).
+  The `smollm2` recipe trains a bias-free head (`--no-head-bias`)
+  for this reason; its accuracy is the biased head's (README).
 - BERT's pooler is tanh(dense(h)); it becomes a near-identity (`identity_pooler`).
 """
 
@@ -156,17 +158,23 @@ def fold_head_bias(
     return folded
 
 
-def drop_constant_bias(bias: torch.Tensor | None) -> None:
-    """Refuse a head bias that differs between classes (Llama's score has none, see above)."""
+def drop_constant_bias(bias: torch.Tensor | None, multi_label: bool = False) -> None:
+    """Refuse a head bias that changes a probability (Llama's score has none, see above): one
+    that differs between classes, or with sigmoid outputs (multi-label) any nonzero one, since
+    each label's sigmoid reads its own logit and no shared constant cancels."""
     if bias is None:
         return
-    spread = float(bias.max() - bias.min())
-    if spread > 1e-7:
+    if multi_label:
+        size = float(bias.abs().max())
+        why = f"this multi-label head's bias reaches {size:.3g} (each label's sigmoid reads it)"
+    else:
+        size = float(bias.max() - bias.min())
+        why = f"this head's bias differs between classes by {size:.3g}"
+    if size > 1e-7:
         raise GptclfError(
             "--format hf: LlamaForSequenceClassification's score head has no bias and no other "
-            f"parameter can carry one (final RMSNorm), but this head's bias differs between "
-            f"classes by {spread:.3g}; a bias-free head exports exactly (--format onnx exports "
-            "this one)"
+            f"parameter can carry one (final RMSNorm), but {why}; train with --no-head-bias to "
+            "export it (--format onnx exports this one)"
         )
 
 
@@ -195,7 +203,8 @@ def backbone_state(model: SequenceClassifier) -> dict[str, torch.Tensor]:
     return {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
 
 
-def gpt2_classifier(model: SequenceClassifier) -> HfExport:
+def gpt2_classifier(model: SequenceClassifier, multi_label: bool) -> HfExport:
+    """Exact logits, so either activation: the head bias is folded into ln_f."""
     config, state = model.backbone.config, backbone_state(model)
     head = model.head
     if head.bias is not None:
@@ -207,9 +216,9 @@ def gpt2_classifier(model: SequenceClassifier) -> HfExport:
     return hf_config, {**hf_state, "score.weight": head.weight.detach().clone()}
 
 
-def llama_classifier(model: SequenceClassifier) -> HfExport:
+def llama_classifier(model: SequenceClassifier, multi_label: bool) -> HfExport:
     config, head = model.backbone.config, model.head
-    drop_constant_bias(head.bias)
+    drop_constant_bias(head.bias, multi_label)
     hf_config = {theirs: getattr(config, ours) for theirs, ours in LLAMA_CONFIG_MAP.items()}
     hf_config.update(
         model_type="llama",
@@ -224,7 +233,8 @@ def llama_classifier(model: SequenceClassifier) -> HfExport:
     return hf_config, {**state, "score.weight": head.weight.detach().clone()}
 
 
-def bert_classifier(model: SequenceClassifier) -> HfExport:
+def bert_classifier(model: SequenceClassifier, multi_label: bool) -> HfExport:
+    """Exact logits (BERT's classifier keeps the bias), so either activation."""
     config, head = model.backbone.config, model.head
     hf_config = {theirs: getattr(config, ours) for theirs, ours in BERT_CONFIG_MAP.items()}
     hf_config.update(
@@ -240,7 +250,7 @@ def bert_classifier(model: SequenceClassifier) -> HfExport:
     return hf_config, {**state, **identity_pooler(head.weight.detach(), bias.detach(), last_norm)}
 
 
-CONVERTERS: dict[str, Callable[[SequenceClassifier], HfExport]] = {
+CONVERTERS: dict[str, Callable[[SequenceClassifier, bool], HfExport]] = {
     "gpt2": gpt2_classifier,
     "llama": llama_classifier,
     "bert": bert_classifier,
@@ -248,9 +258,10 @@ CONVERTERS: dict[str, Callable[[SequenceClassifier], HfExport]] = {
 
 
 @torch.no_grad()
-def classifier_to_hf(model: SequenceClassifier) -> tuple[str, HfExport]:
-    """(architecture class name, (config.json fields, state dict)); refusals as GptclfError."""
+def classifier_to_hf(model: SequenceClassifier, multi_label: bool = False) -> tuple[str, HfExport]:
+    """(architecture class name, (config.json fields, state dict)); refusals as GptclfError.
+    `multi_label`: the logits go through a sigmoid each, not a softmax together."""
     name = check_exportable(model)
-    hf_config, state = CONVERTERS[name](model)
+    hf_config, state = CONVERTERS[name](model, multi_label)
     hf_config["architectures"] = [ARCHITECTURES[name]]
     return ARCHITECTURES[name], (hf_config, {k: v.float().contiguous() for k, v in state.items()})
