@@ -143,3 +143,13 @@ def test_resume_with_nothing_to_resume_starts_fresh(split, tmp_path):
     assert done.returncode == 0, done.stderr
     assert "nothing to resume" in done.stderr and "starting fresh" in done.stderr
     assert (tmp_path / "metrics.json").is_file()
+
+
+def test_a_setting_the_state_predates_counts_as_its_default():
+    from gptclf.resume import first_difference
+
+    # a state saved before --head-bias existed: its run had a bias (the option's default)
+    assert first_difference({"seed": 1}, {"seed": 1, "head_bias": True}) is None
+    assert first_difference({"seed": 1}, {"seed": 1, "head_bias": False}) == (
+        "--head-bias was True, now False"
+    )

@@ -17,6 +17,7 @@ when the run finishes. SIGINT/SIGTERM stop the run at the next step boundary wit
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -141,10 +142,16 @@ def read(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
 
 
 def first_difference(stored: dict[str, Any], current: dict[str, Any]) -> str | None:
+    """The first setting that differs; one a state predates counts as the option's default (what
+    the run had then, as for the experiment runner's results)."""
+    from gptclf.train_config import TrainConfig
+
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     for key in current:
-        if stored.get(key) != current[key]:
+        before = stored[key] if key in stored else defaults.get(key)
+        if before != current[key]:
             flag = "--" + key.replace("_", "-")
-            return f"{flag} was {stored.get(key)!r}, now {current[key]!r}"
+            return f"{flag} was {before!r}, now {current[key]!r}"
     return None
 
 
