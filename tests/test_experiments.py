@@ -7,12 +7,14 @@ import json
 import shutil
 import statistics
 
+import numpy as np
 import pytest
 
 from gptclf import train
 from gptclf.cli import main
 from gptclf.data import load_dataset, split_book, write_split
 from gptclf.errors import GptclfError
+from gptclf.experiments import records as result_records
 from gptclf.experiments import report, runner
 from gptclf.experiments.baseline import tfidf_logreg
 from gptclf.experiments.configs import (
@@ -269,8 +271,10 @@ def test_report_without_results_says_not_run_yet(tmp_path, small_split):
 
 def test_baseline_returns_fits_metric_keys(ran, small_split):
     metrics = tfidf_logreg(TrainConfig(data=str(small_split), seed=1))
-    fit_metrics = ran[3][0][2]
-    assert set(metrics) == set(fit_metrics)
+    fit_metrics = ran[3][0][2]  # train.fit's; the runner's default fit adds the probabilities
+    assert set(metrics) == {*fit_metrics, "probabilities"}
+    kept = metrics["probabilities"]
+    assert [len(kept[s]) for s in ("validation", "test")] == [40, 40]
     for split in ("train", "validation", "test"):
         assert set(metrics[split]) == set(fit_metrics[split])
         assert metrics[split]["n"] == fit_metrics[split]["n"]
@@ -498,10 +502,10 @@ def test_runner_shares_frozen_prefixes_through_cache_dir(ran, tmp_path):
     # The report counts the computation the reading run skipped, not the read.
     read = records[1]
     assert read["cache_build_seconds"] == pytest.approx(records[0]["cache_build_seconds"], abs=1e-3)
-    assert report.train_seconds(read) == pytest.approx(
+    assert result_records.train_seconds(read) == pytest.approx(
         read["train_seconds"] - read["cache_seconds"] + read["cache_build_seconds"]
     )
-    assert report.train_seconds(records[0]) == records[0]["train_seconds"]
+    assert result_records.train_seconds(records[0]) == records[0]["train_seconds"]
     # Without cache_dir, a results dir other than the default one gets no disk cache.
     runner.run(["tiny-last"], [1], tmp_path / "c", table)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "c", "cache"]
@@ -603,3 +607,52 @@ def test_every_committed_result_still_counts_for_its_row():
     for path in paths:
         if path.parent.name in EXPERIMENTS:
             assert runner.load_result(path, EXPERIMENTS[path.parent.name]) is not None, path
+
+
+def test_ensemble_rows_average_their_members_kept_probabilities(small_split, tmp_path):
+    """An ensemble row averages the per-text probabilities its members' results keep; a member
+    result without them (made before they were kept) is rerun, the others are read."""
+    table = tiny_table(small_split)
+    members = ("tiny-last", "tiny-tfidf")
+    table["tiny-ens"] = Experiment(
+        "tiny-ens", "trainable", "last + TF-IDF", method="ensemble", members=members
+    )
+    outcomes = runner.run(["tiny-ens"], [1], tmp_path, table)
+    assert [(o.name, o.status) for o in outcomes] == [
+        ("tiny-last", "done"), ("tiny-tfidf", "done"), ("tiny-ens", "done")
+    ]  # fmt: skip
+    found = runner.load_results(tmp_path, table)
+    (ensemble,) = found["tiny-ens"]
+    ran = [found[name][0] for name in members]
+    _, _, test = result_records.splits_of(
+        result_records.split_key(ran[0]["config"]["train_config"])
+    )
+    labels = np.array(test.labels)
+    for member in ran:  # the kept probabilities are the ones the member was scored with
+        kept = np.array(member["probabilities"]["test"])
+        assert kept.shape == (len(test), 2)
+        assert np.mean(kept.argmax(1) == labels) == pytest.approx(member["test_accuracy"])
+    mean = np.mean([np.array(m["probabilities"]["test"]) for m in ran], axis=0)
+    assert ensemble["test_accuracy"] == pytest.approx(np.mean(mean.argmax(1) == labels))
+    wrong = np.flatnonzero(mean.argmax(1) != labels).tolist()
+    assert ensemble["metrics"]["test"]["misclassified"] == wrong
+    assert ensemble["total_params"] == sum(m["total_params"] for m in ran)
+    assert ensemble["train_seconds"] == pytest.approx(sum(m["train_seconds"] for m in ran))
+
+    path = tmp_path / "tiny-last" / "seed1.json"  # as made before results kept probabilities
+    old = json.loads(path.read_text())
+    del old["probabilities"]
+    path.write_text(json.dumps(old))
+    assert "tiny-ens" not in runner.load_results(tmp_path, table)
+    outcomes = runner.run(["tiny-ens"], [1], tmp_path, table)
+    assert [o.status for o in outcomes] == ["done", "cached", "done"]
+
+
+def test_ensemble_rows_are_checked():
+    for bad in (("nope",), ("tfidf-logreg", "ens-minilm-tfidf"), ()):
+        row = Experiment("x", "ensemble", "x", method="ensemble", members=bad)
+        with pytest.raises(GptclfError, match="member|needs members"):
+            validate(row)
+    for row in EXPERIMENTS.values():
+        if row.method == "ensemble":
+            validate(row)

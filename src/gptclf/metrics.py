@@ -105,6 +105,19 @@ def logit_metrics(
     return metrics
 
 
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of (N, C) logits, in float64."""
+    logits = np.asarray(logits, dtype=np.float64)
+    exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def rounded_probabilities(probs: np.ndarray, digits: int = 6) -> list[list[float]]:
+    """(N, C) probabilities as JSON-ready lists, rounded: results keep every text's, so ensembles
+    of cached runs are scored without rerunning them (1e-6 cannot flip a decision that matters)."""
+    return np.round(np.asarray(probs, dtype=np.float64), digits).tolist()
+
+
 def misclassified(logits: np.ndarray, labels: Sequence[int]) -> list[int]:
     """Indices of the examples whose highest logit is not their label's."""
     return np.flatnonzero(np.asarray(logits).argmax(axis=1) != np.asarray(labels)).tolist()

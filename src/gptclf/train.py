@@ -153,6 +153,7 @@ class Run:
     epoch_rng: torch.Tensor | None = None  # `generator`'s state when the epoch began
     tally: Tally = field(default_factory=Tally)
     logits: dict[str, torch.Tensor] = field(default_factory=dict)  # per split, set by `finish`
+    metrics: dict[str, Any] = field(default_factory=dict)  # what `finish` returns
     last_save: float = field(default_factory=time.perf_counter)
     stop_signal: int = 0  # set by SIGINT/SIGTERM: stop at the next step boundary
 
@@ -166,6 +167,12 @@ def fit(cfg: TrainConfig, parts: TrainParts | None = None) -> dict[str, Any]:
 
     Under torchrun each process calls this with the same config (see distributed.py).
     """
+    return fit_run(cfg, parts).metrics
+
+
+def fit_run(cfg: TrainConfig, parts: TrainParts | None = None) -> Run:
+    """`fit`, returning the finished `Run`: its `metrics`, and the `logits` of every split
+    (the experiment runner keeps the per-text probabilities)."""
     started = time.perf_counter()
     torch.manual_seed(cfg.seed)
     d, device = distributed.setup(resolve_device(cfg.device), cfg.fsdp)
@@ -186,9 +193,9 @@ def fit(cfg: TrainConfig, parts: TrainParts | None = None) -> dict[str, Any]:
                     raise resume.stop(run, epoch + 1, 0)
                 if stop_early(run, epoch):
                     break
-        metrics = finish(run, started)
+        run.metrics = finish(run, started)
         resume.finished(run)
-        return metrics
+        return run
     finally:
         distributed.teardown(d)
 

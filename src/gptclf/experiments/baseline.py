@@ -15,7 +15,7 @@ from typing import Any
 from gptclf.balance import class_weights
 from gptclf.baseline import C_GRID, select_logreg
 from gptclf.data import splits_from_config, unseen_indices
-from gptclf.metrics import logit_metrics, misclassified, unseen_accuracy
+from gptclf.metrics import logit_metrics, misclassified, rounded_probabilities, unseen_accuracy
 from gptclf.train import SPLITS, TrainConfig
 
 
@@ -42,6 +42,10 @@ def tfidf_logreg(cfg: TrainConfig, c_grid: tuple[float, ...] = C_GRID) -> dict[s
             best.predict_log_proba(features[name]), data[name].labels, train.label_names
         )
         for name in SPLITS
+    }
+    metrics["probabilities"] = {  # per text, for ensemble rows (runner.PROBABILITY_SPLITS)
+        name: rounded_probabilities(best.predict_proba(features[name]))
+        for name in ("validation", "test")
     }
     metrics["test"]["misclassified"] = misclassified(
         best.predict_log_proba(features["test"]), data["test"].labels

@@ -133,6 +133,14 @@ QUESTIONS: dict[str, Question] = {
         search=True,
     ),
 }
+QUESTIONS["ensemble"] = Question(
+    "Does combining models help?",
+    "The average of the class probabilities of rows trained separately: model families "
+    "(SmolLM2, MiniLM, TF-IDF) seed by seed, and five seeds of one row. Nothing is trained for "
+    "them: each result keeps its validation and test probabilities, and the ensemble rows "
+    "average them. Their train time and parameters are their members' sums.",
+    references=("smollm2", "minilm-all"),
+)
 SPLIT_SEED = 123  # the book's split for every row and seed: seeds measure training noise only
 BASELINE_QUESTION = "baseline"  # the TF-IDF row: shown beside every question's rows
 
@@ -166,7 +174,12 @@ class Experiment:
     overrides: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields
     book: str | None = None  # the book's test accuracy in %, e.g. "95.00" or "98.00–98.33"
     book_row: str | None = None  # which row of the book's table that is
-    method: Literal["fit", "tfidf"] = "fit"  # gptclf.train.fit, or the TF-IDF baseline
+    # gptclf.train.fit, the TF-IDF baseline, or the average of other rows' probabilities
+    method: Literal["fit", "tfidf", "ensemble"] = "fit"
+    # method "ensemble": the rows it averages, seed by seed (`pool_seeds`: one record averaging
+    # every seed they share); computed from their cached results (ensembles.py), never trained
+    members: tuple[str, ...] = ()
+    pool_seeds: bool = False
     gpu_only: str | None = None  # why a CPU cannot run it in reasonable time (skipped without CUDA)
     # Per seed from scratch on a 2-core CPU, fp32, frozen-prefix cache included (measured on an
     # AVX2 AMD EPYC where the row ran there; later seeds that read the shared cache take less).
@@ -415,6 +428,31 @@ EXPERIMENTS_LIST: list[Experiment] = [
             trainable="last_4", lr=1e-4),
     _search("tune-last-4-lr5e-4", "last 4 blocks, lr 5e-4", 1008, measured=False,
             trainable="last_4", lr=5e-4),
+    # 12. Ensembles: averages of cached rows' probabilities (ensembles.py), nothing trains
+    Experiment(
+        "ens-minilm-tfidf", "ensemble", "MiniLM-L6 all layers + TF-IDF",
+        method="ensemble", members=("minilm-all", "tfidf-logreg"), cpu_minutes=0,
+    ),
+    Experiment(
+        "ens-smollm2-minilm", "ensemble", "SmolLM2 recipe + MiniLM-L6 all layers",
+        method="ensemble", members=("smollm2", "minilm-all"), cpu_minutes=0,
+        note="157M parameters together: over the target's 135M",
+    ),
+    Experiment(
+        "ens-smollm2-minilm-tfidf", "ensemble", "SmolLM2 recipe + MiniLM-L6 + TF-IDF",
+        method="ensemble", members=("smollm2", "minilm-all", "tfidf-logreg"), cpu_minutes=0,
+        note="157M parameters together: over the target's 135M",
+    ),
+    Experiment(
+        "ens-minilm-seeds", "ensemble", "MiniLM-L6 all layers, every seed averaged",
+        method="ensemble", members=("minilm-all",), pool_seeds=True, cpu_minutes=0,
+        note="one result: the seeds' probabilities averaged (5 seeds: 113M parameters)",
+    ),
+    Experiment(
+        "ens-smollm2-seeds", "ensemble", "SmolLM2 recipe, every seed averaged",
+        method="ensemble", members=("smollm2",), pool_seeds=True, cpu_minutes=0,
+        note="one result: the seeds' probabilities averaged (673M parameters for 5 seeds)",
+    ),
     # Baseline: beside every question
     Experiment(
         "tfidf-logreg", BASELINE_QUESTION, "TF-IDF + logistic regression",
@@ -442,13 +480,20 @@ def select(names: list[str] | str, experiments: dict[str, Experiment]) -> list[E
     return [e for e in experiments.values() if e.name in wanted]
 
 
-def validate(exp: Experiment) -> TrainConfig:
-    """Check a row without running it: its TrainConfig builds and every option is a known one."""
+def validate(exp: Experiment, experiments: dict[str, Experiment] | None = None) -> TrainConfig:
+    """Check a row without running it: its TrainConfig builds and every option is a known one;
+    an ensemble's members are rows of `experiments` (default the table) that train."""
     from gptclf.weights.registry import KNOWN_MODELS
 
     where = f"experiment {exp.name!r}"
     if exp.question not in (*QUESTIONS, BASELINE_QUESTION):
         raise GptclfError(f"{where}: unknown question {exp.question!r}")
+    table = EXPERIMENTS if experiments is None else experiments
+    if (exp.method == "ensemble") != bool(exp.members):
+        raise GptclfError(f"{where}: members go with method 'ensemble', and it needs members")
+    for member in exp.members:
+        if member not in table or table[member].method == "ensemble":
+            raise GptclfError(f"{where}: member {member!r} is not a row that trains")
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
     unknown = set(exp.overrides) - set(fields)
     if unknown:

@@ -8,7 +8,6 @@ bars (matplotlib, no pyplot). Rows without results say "not run yet". Nothing he
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import statistics
@@ -26,7 +25,6 @@ from gptclf.data import (
     resolve_split,
     split_book,
     splits_from_config,
-    unseen_indices,
 )
 from gptclf.experiments.configs import (
     BASELINE_QUESTION,
@@ -37,6 +35,7 @@ from gptclf.experiments.configs import (
     Experiment,
     Question,
 )
+from gptclf.experiments.records import split_key, train_seconds, unseen_test_texts
 from gptclf.experiments.runner import default_results_dir, load_results, repo_root, skip_reason
 from gptclf.fileio import atomic_write
 from gptclf.metrics import unseen_accuracy
@@ -115,38 +114,6 @@ class Row:
         """The hardware summary its runs share (None if they ran on several machines)."""
         found = {r["hardware"]["summary"] for r in self.records}
         return found.pop() if len(found) == 1 else None
-
-
-def train_seconds(record: dict[str, Any]) -> float:
-    """What training one seed takes from scratch. A run that read its frozen-prefix states from
-    the runner's cache (computed by another row or seed) did not compute them: the time that
-    computing them took is added back, so every row's train time counts the same work."""
-    seconds = record["train_seconds"]
-    if record.get("prefix_cache") == "read":
-        seconds += record["cache_build_seconds"] - record["cache_seconds"]
-    return seconds
-
-
-# What `splits_from_config` reads: the runs that agree on these share their splits.
-SPLIT_KEYS = (
-    "data", "split", "split_seed", "seed", "text_columns", "label_column", "validation", "test",
-    "balance", "multi_label", "label_sep",
-)  # fmt: skip
-
-
-def split_key(train_config: dict[str, Any]) -> str:
-    """The part of a run's config that fixes its splits, as one hashable string."""
-    chosen = {k: train_config[k] for k in SPLIT_KEYS if k in train_config}
-    if chosen.get("split_seed") is not None:
-        chosen.pop("seed", None)  # the split does not depend on the training seed then
-    return json.dumps(chosen, sort_keys=True)
-
-
-@functools.cache
-def unseen_test_texts(key: str) -> tuple[int, ...]:
-    """Indices of the test texts without a copy in the training split of `split_key` `key`."""
-    train, _, test = splits_from_config(json.loads(key))
-    return tuple(unseen_indices(train.texts, test.texts))
 
 
 def unseen_accuracy_of(record: dict[str, Any]) -> float | None:

@@ -24,6 +24,7 @@ from typing import Any
 from gptclf import train
 from gptclf.errors import GptclfError
 from gptclf.experiments.configs import EXPERIMENTS, SPLIT_SEED, Experiment, select, validate
+from gptclf.experiments.ensembles import ensemble_records
 from gptclf.fileio import write_json
 from gptclf.train_config import SEED, TrainConfig
 
@@ -155,6 +156,8 @@ def _settings_of(record: dict[str, Any], exp: Experiment) -> Any:
 
 def skip_reason(exp: Experiment) -> str | None:
     """Why this row cannot run here (weights not on this machine, no GPU), or None."""
+    if exp.method == "ensemble":
+        return None  # its members' reasons apply
     if exp.method == "tfidf":
         import importlib.util
 
@@ -243,6 +246,21 @@ def versions(method: str = "fit") -> dict[str, str]:
     return out
 
 
+PROBABILITY_SPLITS = ("validation", "test")  # whose per-text probabilities a result keeps
+
+
+def fit_keeping_probabilities(cfg: TrainConfig) -> dict[str, Any]:
+    """`train.fit`'s metrics plus every validation and test text's class probabilities, which
+    ensemble rows average (`ensembles.py`) without rerunning their members."""
+    from gptclf.metrics import rounded_probabilities, softmax
+
+    finished = train.fit_run(cfg)
+    kept = {
+        s: rounded_probabilities(softmax(finished.logits[s].numpy())) for s in PROBABILITY_SPLITS
+    }
+    return {**finished.metrics, "probabilities": kept}
+
+
 def run_one(
     exp: Experiment, seed: int, cache_dir: Path | None = None, fit: Callable | None = None
 ) -> dict[str, Any]:
@@ -256,7 +274,7 @@ def run_one(
 
         metrics = tfidf_logreg(cfg)
     else:
-        metrics = (fit or train.fit)(cfg)
+        metrics = (fit or fit_keeping_probabilities)(cfg)
     return {
         "format": FORMAT,
         "name": exp.name,
@@ -283,6 +301,9 @@ def run_one(
         "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "metrics": {k: metrics[k] for k in ("train", "validation", "test", "history")},
         "config": _normalized(metrics["config"]),
+        # per text, in the order of `labels`; absent in results made before they were kept
+        "labels": metrics["labels"],
+        "probabilities": metrics.get("probabilities"),
     }
 
 
@@ -302,17 +323,26 @@ def run(
     experiments = EXPERIMENTS if experiments is None else experiments
     chosen = select(names if isinstance(names, str) else list(names), experiments)
     for exp in chosen:
-        validate(exp)
+        validate(exp, experiments)
+    ensembles = [e for e in chosen if e.method == "ensemble"]
+    # ensemble rows average their members' kept probabilities: run the members first
+    averaged = {m for e in ensembles for m in e.members}
+    trained = select(
+        [e.name for e in chosen if e.method != "ensemble"] + sorted(averaged), experiments
+    )
     seeds = list(dict.fromkeys(seeds))
     results = Path(results_dir) if results_dir is not None else default_results_dir()
     if cache_dir is None and results_dir is None:
         cache_dir = default_cache_dir()
     outcomes = []
-    for exp in chosen:
+    for exp in trained:
         reason = skip_reason(exp)
         for seed in seeds:
             path = result_path(results, exp.name, seed)
             cached = load_result(path, exp, seed)
+            if cached is not None and exp.name in averaged and not cached.get("probabilities"):
+                log.info("%s seed %d: rerun to keep its per-text probabilities", exp.name, seed)
+                cached = None
             if cached is not None:
                 outcomes.append(
                     Outcome(exp.name, seed, "cached", path, None, cached["test_accuracy"])
@@ -322,18 +352,46 @@ def run(
                 log.info("%s seed %d skipped: %s", exp.name, seed, reason)
                 outcomes.append(Outcome(exp.name, seed, "skipped", path, reason))
                 continue
-            log.info("running %s seed %d", exp.name, seed)
-            try:
-                record = run_one(exp, seed, Path(cache_dir) if cache_dir else None, fit)
-            except Exception as exc:  # one broken row must not stop an overnight table
-                log.exception("%s seed %d failed", exp.name, seed)
-                outcomes.append(
-                    Outcome(exp.name, seed, "failed", path, f"{type(exc).__name__}: {exc}")
-                )
-                continue
-            write_json(path, record)
-            log.info("%s seed %d: test accuracy %.4f", exp.name, seed, record["test_accuracy"])
-            outcomes.append(Outcome(exp.name, seed, "done", path, None, record["test_accuracy"]))
+            outcomes.append(_run_and_save(exp, seed, path, cache_dir, fit))
+    return outcomes + _ensemble_outcomes(ensembles, seeds, results, experiments)
+
+
+def _run_and_save(
+    exp: Experiment, seed: int, path: Path, cache_dir: str | Path | None, fit: Callable | None
+) -> Outcome:
+    """Train one (row, seed) and cache its result; a failure is logged, not raised."""
+    log.info("running %s seed %d", exp.name, seed)
+    try:
+        record = run_one(exp, seed, Path(cache_dir) if cache_dir else None, fit)
+    except Exception as exc:  # one broken row must not stop an overnight table
+        log.exception("%s seed %d failed", exp.name, seed)
+        return Outcome(exp.name, seed, "failed", path, f"{type(exc).__name__}: {exc}")
+    write_json(path, record)
+    log.info("%s seed %d: test accuracy %.4f", exp.name, seed, record["test_accuracy"])
+    return Outcome(exp.name, seed, "done", path, None, record["test_accuracy"])
+
+
+def _ensemble_outcomes(
+    ensembles: list[Experiment],
+    seeds: list[int],
+    results: Path,
+    experiments: dict[str, Experiment],
+) -> list[Outcome]:
+    """What each ensemble row scored from its members' results (nothing is written)."""
+    if not ensembles:
+        return []
+    found = load_results(results, experiments)
+    outcomes = []
+    for exp in ensembles:
+        scored = {r["seed"]: r for r in found.get(exp.name, [])}
+        for seed in [min(scored, default=min(seeds))] if exp.pool_seeds else seeds:
+            path = results / exp.name  # computed from its members' files, never stored
+            if seed in scored:
+                accuracy = scored[seed]["test_accuracy"]
+                outcomes.append(Outcome(exp.name, seed, "done", path, None, accuracy))
+            else:
+                why = "a member has no result with per-text probabilities for this seed"
+                outcomes.append(Outcome(exp.name, seed, "skipped", path, why))
     return outcomes
 
 
@@ -345,6 +403,8 @@ def load_results(
     results = Path(results_dir) if results_dir is not None else default_results_dir()
     found: dict[str, list[dict[str, Any]]] = {}
     for name, exp in experiments.items():
+        if exp.method == "ensemble":
+            continue
         for path in sorted((results / name).glob("seed*.json")):
             seed = path.stem.removeprefix("seed")
             record = load_result(path, exp, int(seed)) if seed.lstrip("-").isdigit() else None
@@ -352,4 +412,9 @@ def load_results(
                 found.setdefault(name, []).append(record)
         if name in found:
             found[name].sort(key=lambda r: r["seed"])
+    for exp in experiments.values():
+        if exp.method == "ensemble":
+            built = ensemble_records(exp, found)
+            if built:
+                found[exp.name] = built
     return found
