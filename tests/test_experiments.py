@@ -656,3 +656,35 @@ def test_ensemble_rows_are_checked():
     for row in EXPERIMENTS.values():
         if row.method == "ensemble":
             validate(row)
+
+
+def test_cv_rows_score_rows_and_ensembles_on_the_same_folds(small_split, tmp_path):
+    """`experiments run --cv`: each row's record holds every cross-validated text's
+    out-of-fold probabilities; an ensemble row's pooled score averages its members'."""
+    from gptclf.experiments import cv_rows
+
+    table = tiny_table(small_split)
+    table["tiny-ens"] = Experiment(
+        "tiny-ens", "trainable", "x", method="ensemble", members=("tiny-last", "tiny-tfidf")
+    )
+    outcomes = cv_rows.run_cv(["tiny-ens"], [1], 2, tmp_path, table)
+    assert [(o.name, o.status) for o in outcomes] == [("tiny-last", "done"), ("tiny-tfidf", "done")]
+    found = cv_rows.load_cv_results(tmp_path, table, folds=2)
+    neural, tfidf = found["tiny-last"][0], found["tiny-tfidf"][0]
+    labels = np.array(neural["pool_labels"])
+    assert len(labels) == neural["texts"] == 160 and neural["pool_labels"] == tfidf["pool_labels"]
+    for record in (neural, tfidf):  # the pooled score is the kept out-of-fold probabilities'
+        kept = np.array(record["probabilities"])
+        assert record["pooled"]["accuracy"] == pytest.approx(np.mean(kept.argmax(1) == labels))
+        assert [f["fold"] for f in record["per_fold"]] == [1, 2]
+    mean = (np.array(neural["probabilities"]) + np.array(tfidf["probabilities"])) / 2
+    (ensemble,) = found["tiny-ens"]
+    assert ensemble["pooled"]["accuracy"] == pytest.approx(np.mean(mean.argmax(1) == labels))
+    again = cv_rows.run_cv(["tiny-last"], [1], 2, tmp_path, table)
+    assert again[0].status == "cached"
+    assert cv_rows.load_cv_results(tmp_path, table, folds=3) == {}  # other folds: not these
+
+
+def test_experiments_run_cv_flag_checks_folds(capsys):
+    assert main(["experiments", "run", "smollm2", "--cv", "--folds", "1"]) == 2
+    assert "--folds" in capsys.readouterr().err

@@ -375,7 +375,13 @@ def cmd_experiments_run(args: argparse.Namespace) -> int:
     if args.all == bool(args.names):
         raise GptclfError("give experiment names or --all (see `gptclf experiments list`)")
     names = "all" if args.all else args.names
-    outcomes = run(names, parse_seeds(args.seeds), args.results, cache_dir=args.cache_dir)
+    if args.cv:
+        from gptclf.experiments.cv_rows import run_cv
+
+        seeds = parse_seeds(args.seeds)
+        outcomes = run_cv(names, seeds, args.folds, args.results, cache_dir=args.cache_dir)
+    else:
+        outcomes = run(names, parse_seeds(args.seeds), args.results, cache_dir=args.cache_dir)
     for o in outcomes:
         line = {"name": o.name, "seed": o.seed, "status": o.status, "path": str(o.path)}
         for key, value in (("test_accuracy", o.test_accuracy), ("reason", o.reason)):
@@ -552,6 +558,8 @@ def add_data_commands(sub) -> None:
 
 
 def add_experiments_commands(sub) -> None:
+    from gptclf.train_config import Range
+
     p = sub.add_parser("experiments", help="the results table: named runs, cached, and the report")
     exp_sub = p.add_subparsers(dest="experiments_command", required=True)
     p = exp_sub.add_parser(
@@ -570,6 +578,19 @@ def add_experiments_commands(sub) -> None:
         metavar="DIR",
         help="frozen-prefix states shared by rows and seeds (default experiments/cache with the "
         "default --results, else none)",
+    )
+    p.add_argument(
+        "--cv",
+        action="store_true",
+        help="cross-validate the rows instead (stratified k-fold over the train + validation "
+        "texts, as `gptclf cv`; results/NAME/cv-seedS.json): the report chooses rows by it",
+    )
+    p.add_argument(
+        "--folds",
+        type=number("--folds", Range(2)),
+        default=5,
+        metavar="K",
+        help="with --cv (default 5)",
     )
     p.set_defaults(func=cmd_experiments_run)
     p = exp_sub.add_parser("report", help="regenerate docs/RESULTS.md + charts from the results")

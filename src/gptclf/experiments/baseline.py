@@ -12,9 +12,11 @@ import dataclasses
 import time
 from typing import Any
 
+import numpy as np
+
 from gptclf.balance import class_weights
 from gptclf.baseline import C_GRID, select_logreg
-from gptclf.data import splits_from_config, unseen_indices
+from gptclf.data import LabeledTexts, splits_from_config, unseen_indices
 from gptclf.metrics import logit_metrics, misclassified, rounded_probabilities, unseen_accuracy
 from gptclf.train import SPLITS, TrainConfig
 
@@ -22,10 +24,42 @@ from gptclf.train import SPLITS, TrainConfig
 def tfidf_logreg(cfg: TrainConfig, c_grid: tuple[float, ...] = C_GRID) -> dict[str, Any]:
     """Fit word 1-2-gram TF-IDF + logistic regression on cfg's training split; pick C by
     validation accuracy (ties: the smaller C, i.e. the stronger regularisation)."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
-
     started = time.perf_counter()
     data = dict(zip(SPLITS, splits_from_config(dataclasses.asdict(cfg)), strict=True))
+    metrics, log_probs = fit_tfidf(cfg, data, c_grid)
+    metrics["probabilities"] = {  # per text, for ensemble rows (runner.PROBABILITY_SPLITS)
+        name: rounded_probabilities(np.exp(log_probs[name])) for name in ("validation", "test")
+    }
+    metrics["total_seconds"] = time.perf_counter() - started
+    return metrics
+
+
+def tfidf_cross_validate(cfg: TrainConfig, folds: int, c_grid: tuple[float, ...] = C_GRID):
+    """`gptclf cv`'s record for the TF-IDF row: the same pool, folds and inner validation
+    splits (`cv.py`), C chosen on each fold's inner validation split."""
+    from gptclf import cv
+
+    started = time.perf_counter()
+    pool, share = cv.cv_pool(cfg)
+    cv.check_folds(pool, folds)
+    assignment = cv.stratified_folds(pool.labels, folds, cfg.split_seed)
+    record = cv.new_record(cfg, folds, pool, assignment, inner=True)
+    for k in range(folds):
+        index = cv.fold_indices(pool, assignment, k, share, cfg.split_seed, cfg)
+        data = {name: pool.subset(index[name]) for name in SPLITS}
+        metrics, log_probs = fit_tfidf(cfg, data, c_grid)
+        record["per_fold"].append(cv.fold_result(k, index, metrics, log_probs))
+    record.update(cv.summarize(record["per_fold"], pool), complete=True)
+    record["seconds"] = time.perf_counter() - started
+    return record
+
+
+def fit_tfidf(
+    cfg: TrainConfig, data: dict[str, LabeledTexts], c_grid: tuple[float, ...] = C_GRID
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The row's metrics (fit's keys; `total_seconds` = the fit) and log-probabilities per split."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
     train = data["train"]
     train_start = time.perf_counter()
     vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)
@@ -37,19 +71,12 @@ def tfidf_logreg(cfg: TrainConfig, c_grid: tuple[float, ...] = C_GRID) -> dict[s
         features, data, weights, cfg.seed, c_grid, dual=False, max_iter=100
     )
     train_seconds = time.perf_counter() - train_start
+    log_probs = {name: best.predict_log_proba(features[name]) for name in SPLITS}
     metrics: dict[str, Any] = {
-        name: logit_metrics(
-            best.predict_log_proba(features[name]), data[name].labels, train.label_names
-        )
+        name: logit_metrics(log_probs[name], data[name].labels, train.label_names)
         for name in SPLITS
     }
-    metrics["probabilities"] = {  # per text, for ensemble rows (runner.PROBABILITY_SPLITS)
-        name: rounded_probabilities(best.predict_proba(features[name]))
-        for name in ("validation", "test")
-    }
-    metrics["test"]["misclassified"] = misclassified(
-        best.predict_log_proba(features["test"]), data["test"].labels
-    )
+    metrics["test"]["misclassified"] = misclassified(log_probs["test"], data["test"].labels)
     unseen = unseen_indices(train.texts, data["test"].texts)
     metrics["test"].update(unseen_accuracy(metrics["test"]["misclassified"], unseen))
     n_params = int(best.coef_.size + best.intercept_.size)
@@ -57,7 +84,7 @@ def tfidf_logreg(cfg: TrainConfig, c_grid: tuple[float, ...] = C_GRID) -> dict[s
         best_epoch=None,
         train_seconds=train_seconds,
         cache_seconds=0.0,
-        total_seconds=time.perf_counter() - started,
+        total_seconds=train_seconds,
         cached_from_block=None,
         prefix_cache=None,
         cache_build_seconds=None,
@@ -73,4 +100,4 @@ def tfidf_logreg(cfg: TrainConfig, c_grid: tuple[float, ...] = C_GRID) -> dict[s
                 "vocabulary": len(vectorizer.vocabulary_),
                 "train_config": dataclasses.asdict(cfg)},
     )  # fmt: skip
-    return metrics
+    return metrics, log_probs
