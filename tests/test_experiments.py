@@ -712,3 +712,16 @@ def test_results_md_regenerates_byte_for_byte_from_the_stored_results(tmp_path):
     assert out.read_text(encoding="utf-8") == (root / "docs" / "RESULTS.md").read_text(
         encoding="utf-8"
     ), "docs/RESULTS.md is stale: run `gptclf experiments report`"
+
+
+def test_audit_observations_quote_their_source_lines_exactly():
+    from importlib.resources import files
+
+    from gptclf.experiments.audit import OBSERVATIONS, observation
+
+    source = files("gptclf") / "datasets" / "sms_spam" / "SMSSpamCollection"
+    lines = source.read_text(encoding="utf-8").split("\n")
+    for text, (line, _) in OBSERVATIONS.items():
+        assert lines[line - 1].split("\t", 1)[1] == text, line
+        assert observation(text).endswith(f"(line {line})")
+    assert observation("not a test text") == "—"

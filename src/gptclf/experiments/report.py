@@ -26,6 +26,7 @@ from gptclf.data import (
     split_book,
     splits_from_config,
 )
+from gptclf.experiments.audit import observation
 from gptclf.experiments.configs import (
     BASELINE_QUESTION,
     EXPERIMENTS,
@@ -648,12 +649,20 @@ def hard_texts(rows: list[Row]) -> list[str]:
         f"{len(test.labels)}.",
     ]
     if hard:
-        lines += ["", "| test # | label | missed by | text |", "|---|---|---|---|"]
+        lines += [
+            "",
+            "Each is read against the source file; the observation is an observation, the "
+            "label is never changed (`src/gptclf/experiments/audit.py`).",
+            "",
+            "| test # | label | missed by | text | observation |",
+            "|---|---|---|---|---|",
+        ]
         for i in hard:
             text = " ".join(test.texts[i].split()).replace("|", "\\|")
             text = text if len(text) <= 120 else text[:117] + "..."
             label = test.label_names[test.labels[i]]
-            lines.append(f"| {i} | {label} | {misses[i]} of {len(runs)} | {text} |")
+            seen = observation(test.texts[i]).replace("|", "\\|")
+            lines.append(f"| {i} | {label} | {misses[i]} of {len(runs)} | {text} | {seen} |")
     return lines
 
 
