@@ -725,3 +725,25 @@ def test_audit_observations_quote_their_source_lines_exactly():
         assert lines[line - 1].split("\t", 1)[1] == text, line
         assert observation(text).endswith(f"(line {line})")
     assert observation("not a test text") == "—"
+
+
+def test_rows_that_train_no_network_run_through_the_runner(small_split, tmp_path):
+    """`method` zero_shot / zero_shot_calibrated / probe rows: a valid cached record each."""
+    from gptclf.experiments.configs import SPAM_PROMPT
+
+    base = dict(model="gpt2-tiny", weights="random", data=str(small_split), pool="last_real")
+    table = {
+        name: Experiment(name, "trainable", name, {**base, **extra}, method=method)
+        for name, method, extra in (
+            ("tiny-zero", "zero_shot", {"prompt": SPAM_PROMPT}),
+            ("tiny-zero-cal", "zero_shot_calibrated", {"prompt": SPAM_PROMPT}),
+            ("tiny-probe", "probe", {"padding": "dynamic"}),
+        )
+    }
+    outcomes = runner.run("all", [1], tmp_path, table)
+    assert [o.status for o in outcomes] == ["done"] * 3
+    found = runner.load_results(tmp_path, table)
+    assert found["tiny-zero"][0]["trainable_params"] == 0
+    assert found["tiny-zero-cal"][0]["trainable_params"] == 1
+    assert found["tiny-probe"][0]["versions"]["scikit-learn"]
+    assert found["tiny-probe"][0]["config"]["baseline"] == "linear-probe"

@@ -103,16 +103,28 @@ class SequenceClassifier(nn.Module):
         self, x: torch.Tensor, attention_mask: torch.Tensor | None, start: int
     ) -> torch.Tensor:
         """Class logits from hidden states `x` entering block `start` (a frozen-prefix cache)."""
+        return self.head(self.pooled_from(x, attention_mask, start))
+
+    def pooled_from(
+        self,
+        x: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        start: int = 0,
+        stop: int | None = None,
+    ) -> torch.Tensor:
+        """(B, d): the vector the head reads, from hidden states `x` entering block `start`
+        through blocks[start:stop] and the final norm (`stop` short of the last block: an
+        intermediate layer's, for a linear probe's layer sweep)."""
         mask = self.backbone_mask(attention_mask)
         if self.pool_mode == "mean":
-            hidden = self.backbone.ln_f(self.backbone.run_blocks(x, mask, start))
-            return self.head(pool(hidden, attention_mask, self.pool_mode))
+            hidden = self.backbone.ln_f(self.backbone.run_blocks(x, mask, start, stop))
+            return pool(hidden, attention_mask, self.pool_mode)
         # One position is read: the last block computes its output there only (exact, see
         # `run_blocks`), and the final norm, being per position, runs on that vector alone.
         B, T = x.shape[:2]
         index = pool_index(attention_mask, self.pool_mode, B, T, x.device)
-        hidden = self.backbone.run_blocks(x, mask, start, index=index)  # (B, 1, d)
-        return self.head(self.backbone.ln_f(hidden[:, 0]))
+        hidden = self.backbone.run_blocks(x, mask, start, stop, index=index)  # (B, 1, d)
+        return self.backbone.ln_f(hidden[:, 0])
 
     def prefix_states(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, stop: int

@@ -133,6 +133,15 @@ QUESTIONS: dict[str, Question] = {
         search=True,
     ),
 }
+QUESTIONS["no_finetune"] = Question(
+    "Do I need to finetune at all?",
+    "No network trains: zero-shot, the pretrained SmolLM2-135M-Instruct's own next-token "
+    "probabilities of ' Yes' and ' No' after a prompt asking whether the text is spam (with "
+    "the decision threshold chosen on the validation split: 'calibrated'); and a linear probe, "
+    "logistic regression (C chosen on validation) on the frozen model's pooled features. "
+    "Deterministic: one seed each.",
+    references=("smollm2", "smollm2-head"),
+)
 QUESTIONS["ensemble"] = Question(
     "Does combining models help?",
     "The average of the class probabilities of rows trained separately: model families "
@@ -174,8 +183,11 @@ class Experiment:
     overrides: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields
     book: str | None = None  # the book's test accuracy in %, e.g. "95.00" or "98.00–98.33"
     book_row: str | None = None  # which row of the book's table that is
-    # gptclf.train.fit, the TF-IDF baseline, or the average of other rows' probabilities
-    method: Literal["fit", "tfidf", "ensemble"] = "fit"
+    # gptclf.train.fit, the TF-IDF baseline, the average of other rows' probabilities, or a
+    # row that trains no network (no_finetune.py: the LM's own answer, a frozen linear probe)
+    method: Literal["fit", "tfidf", "ensemble", "zero_shot", "zero_shot_calibrated", "probe"] = (
+        "fit"
+    )
     # method "ensemble": the rows it averages, seed by seed (`pool_seeds`: one record averaging
     # every seed they share); computed from their cached results (ensembles.py), never trained
     members: tuple[str, ...] = ()
@@ -428,7 +440,25 @@ EXPERIMENTS_LIST: list[Experiment] = [
             trainable="last_4", lr=1e-4),
     _search("tune-last-4-lr5e-4", "last 4 blocks, lr 5e-4", 1008, measured=False,
             trainable="last_4", lr=5e-4),
-    # 12. Ensembles: averages of cached rows' probabilities (ensembles.py), nothing trains
+    # 12. No finetuning (no_finetune.py): deterministic, so one seed is enough
+    Experiment(
+        "zero-shot", "no_finetune", "zero-shot: the LM's ' Yes' vs ' No'",
+        _smollm2(prompt=SPAM_PROMPT), method="zero_shot", cpu_minutes=1.5,
+    ),
+    Experiment(
+        "zero-shot-calibrated", "no_finetune", "zero-shot, threshold chosen on validation",
+        _smollm2(prompt=SPAM_PROMPT), method="zero_shot_calibrated", cpu_minutes=1.5,
+    ),
+    Experiment(
+        "linear-probe", "no_finetune", "linear probe on SmolLM2's last real token",
+        _smollm2(), method="probe", cpu_minutes=3,
+    ),
+    Experiment(
+        "linear-probe-minilm", "no_finetune", "linear probe on MiniLM-L6's mean embedding",
+        _smollm2(model="minilm-l6", pool="mean"), method="probe", cpu_minutes=0.5,
+        note="the sentence embedding all-MiniLM-L6-v2 was trained to give",
+    ),
+    # 13. Ensembles: averages of cached rows' probabilities (ensembles.py), nothing trains
     Experiment(
         "ens-minilm-tfidf", "ensemble", "MiniLM-L6 all layers + TF-IDF",
         method="ensemble", members=("minilm-all", "tfidf-logreg"), cpu_minutes=0,

@@ -137,6 +137,8 @@ def run_cv(
     outcomes = []
     for exp in trained:
         reason = skip_reason(exp)
+        if exp.method not in ("fit", "tfidf"):
+            reason = "it trains nothing to cross-validate (its own validation choice is its score)"
         for seed in seeds:
             path = cv_path(results, exp.name, seed)
             cached = load_cv_result(path, exp, seed, folds)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import json
 import logging
 import os
@@ -158,12 +159,13 @@ def skip_reason(exp: Experiment) -> str | None:
     """Why this row cannot run here (weights not on this machine, no GPU), or None."""
     if exp.method == "ensemble":
         return None  # its members' reasons apply
-    if exp.method == "tfidf":
+    if exp.method in ("tfidf", "probe"):
         import importlib.util
 
         if importlib.util.find_spec("sklearn") is None:
             return "scikit-learn is not installed (pip install 'gptclf[experiments]')"
-        return None
+        if exp.method == "tfidf":
+            return None
     import torch
 
     from gptclf.weights.registry import KNOWN_MODELS, availability
@@ -241,7 +243,7 @@ def versions(method: str = "fit") -> dict[str, str]:
         "torch": torch.__version__,
         "numpy": numpy.__version__,
     }
-    if method == "tfidf":
+    if method in ("tfidf", "probe"):
         out["scikit-learn"] = importlib.metadata.version("scikit-learn")
     return out
 
@@ -261,6 +263,18 @@ def fit_keeping_probabilities(cfg: TrainConfig) -> dict[str, Any]:
     return {**finished.metrics, "probabilities": kept}
 
 
+def untrained_method(method: str) -> Callable[[TrainConfig], dict[str, Any]]:
+    """The function of a row that trains no network: `fit`'s metric keys from a TrainConfig."""
+    from gptclf.experiments import baseline, no_finetune
+
+    return {
+        "tfidf": baseline.tfidf_logreg,
+        "zero_shot": no_finetune.zero_shot,
+        "zero_shot_calibrated": functools.partial(no_finetune.zero_shot, calibrate=True),
+        "probe": no_finetune.linear_probe,
+    }[method]
+
+
 def run_one(
     exp: Experiment, seed: int, cache_dir: Path | None = None, fit: Callable | None = None
 ) -> dict[str, Any]:
@@ -269,12 +283,10 @@ def run_one(
     With `cache_dir`, rows and seeds with the same frozen prefix compute it once (prefix_cache).
     `fit`: the training function (default `train.fit`; tests pass a recording wrapper)."""
     cfg = exp.train_config(seed, cache_dir=str(cache_dir) if cache_dir else None)
-    if exp.method == "tfidf":
-        from gptclf.experiments.baseline import tfidf_logreg
-
-        metrics = tfidf_logreg(cfg)
-    else:
+    if exp.method == "fit":
         metrics = (fit or fit_keeping_probabilities)(cfg)
+    else:
+        metrics = untrained_method(exp.method)(cfg)
     return {
         "format": FORMAT,
         "name": exp.name,
