@@ -106,6 +106,11 @@ def bad(tmp_path):
             "blocks",
         ),
         (["train", "--epochs", "0"], "epochs"),
+        (["train", "--layers", "0"], "--layers must be at least 1, got 0"),
+        (
+            ["train", "--model", "gpt2-tiny", "--weights", "random", "--layers", "3"],
+            "--layers must be in [1, 2] (gpt2-tiny has 2 blocks), got 3",
+        ),
         (["evaluate", "{tmp}/ckpt"], "config.json: not valid json"),
         (["evaluate", "{tmp}/nowhere"], "does not exist"),
         (["predict", "{tmp}/ckpt", "hello"], "config.json: not valid json"),

@@ -747,3 +747,75 @@ def test_rows_that_train_no_network_run_through_the_runner(small_split, tmp_path
     assert found["tiny-zero-cal"][0]["trainable_params"] == 1
     assert found["tiny-probe"][0]["versions"]["scikit-learn"]
     assert found["tiny-probe"][0]["config"]["baseline"] == "linear-probe"
+
+
+DEPTHS = (8, 12, 16, 20, 24)
+
+
+def test_depth_rows_cut_the_recipe_and_older_results_stay_valid():
+    """The depth rows are the smollm2 row with `layers`; results made before the option existed
+    (no `layers` recorded) count as its default, every block, so they stay valid."""
+    smollm2 = EXPERIMENTS["smollm2"]
+    rows = [e for e in EXPERIMENTS.values() if e.question == "depth"]
+    assert [e.name for e in rows] == [f"smollm2-layers-{k}" for k in DEPTHS]
+    for exp, k in zip(rows, DEPTHS, strict=True):
+        assert exp.overrides == {**smollm2.overrides, "layers": k}
+        assert exp.label == f"first {k} of 30 blocks" and validate(exp).layers == k
+        assert exp.cpu_minutes == pytest.approx(smollm2.cpu_minutes * k / 30, abs=0.05)
+        assert "estimated" in exp.note
+    question = QUESTIONS["depth"]
+    assert question.title == "Which layer should the classifier read?"
+    assert question.references == ("smollm2",) and question.chart == "layers"
+    assert "Skean et al. (2025" in question.text
+    assert "layers" in FACTORS and smollm2.overrides["layers"] is None
+    path = runner.result_path(runner.default_results_dir(), "smollm2", 123)
+    record = json.loads(path.read_text())
+    assert "layers" not in record["overrides"] and "layers" not in record["config"]["train_config"]
+    assert runner.load_result(path, smollm2) is not None
+
+
+def fake_depth_results(results, blocks):
+    """The committed smollm2 results, relabelled as depth rows with `blocks` kept (train time
+    scaled by the blocks), and the reference and baseline rows' own."""
+    stored = runner.default_results_dir()
+    for name in ("smollm2", "tfidf-logreg"):
+        shutil.copytree(stored / name, results / name)
+    for k in blocks:
+        exp = EXPERIMENTS[f"smollm2-layers-{k}"]
+        (results / exp.name).mkdir(parents=True)
+        for path in sorted((stored / "smollm2").glob("seed*.json")):
+            record = json.loads(path.read_text())
+            record.update(name=exp.name, overrides=json.loads(json.dumps(exp.overrides)))
+            record["config"]["model_config"]["n_layer"] = record["config"]["train_config"][
+                "layers"
+            ] = k
+            record["train_seconds"] *= k / 30
+            (results / exp.name / path.name).write_text(json.dumps(record))
+
+
+def test_depth_report_charts_accuracy_and_train_time_against_the_blocks_kept(tmp_path):
+    names = ("smollm2", "tfidf-logreg", *(f"smollm2-layers-{k}" for k in DEPTHS))
+    table = {name: EXPERIMENTS[name] for name in names}
+    questions = {"depth": QUESTIONS["depth"]}
+    fake_depth_results(tmp_path / "results", (8, 16))
+    out = tmp_path / "docs" / "RESULTS.md"
+    chart = tmp_path / "docs" / "results" / "depth.png"
+    assert report.write(tmp_path / "results", out, table, questions) == [out, chart]
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = out.read_text()
+    assert "## 1. Which layer should the classifier read?" in md
+    assert "![Which layer should the classifier read?](results/depth.png)" in md
+    lines = {line.split("`")[1]: line for line in md.splitlines() if line.startswith("| ")
+             and "`" in line}  # fmt: skip
+    seeds = len(list((runner.default_results_dir() / "smollm2").glob("seed*.json")))
+    assert "| layers=8 |" in lines["smollm2-layers-8"]
+    assert f"| {seeds} |" in lines["smollm2-layers-8"]
+    assert "not run yet" in lines["smollm2-layers-12"]
+    results = runner.load_results(tmp_path / "results", table)
+    rows = [report.Row(table[n], results[n], reference=n == "smollm2") for n in results]
+    assert sorted(report.blocks_read(r) for r in rows if r.exp.method == "fit") == [8, 16, 30]
+    for k in (8, 16):  # only the reference has results: one point, no chart
+        shutil.rmtree(tmp_path / "results" / f"smollm2-layers-{k}")
+    assert report.write(tmp_path / "results", out, table, questions) == [out]
+    assert not chart.exists() and "depth.png" not in out.read_text()
+    assert md.count("not run yet") == 3 and out.read_text().count("not run yet") == 5

@@ -131,13 +131,19 @@ def read_json_object(path: Path) -> dict[str, Any]:
     return data
 
 
-def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    """Every tensor of a safetensors file (never pickle); missing or corrupt: one clear error."""
-    return read_safetensors_with_metadata(path)[0]
+def read_safetensors(
+    path: Path, keep: Callable[[str], bool] | None = None
+) -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors file (never pickle); missing or corrupt: one clear error.
+    `keep`: read only the tensors whose names it accepts (the others are never loaded)."""
+    return read_safetensors_with_metadata(path, keep)[0]
 
 
-def read_safetensors_with_metadata(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Every tensor of a safetensors file and its string metadata (never pickle)."""
+def read_safetensors_with_metadata(
+    path: Path, keep: Callable[[str], bool] | None = None
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Every tensor of a safetensors file (or those `keep` accepts) and its string metadata
+    (never pickle)."""
     from safetensors import SafetensorError, safe_open  # torch: only where weights are read
 
     if not Path(path).is_file():
@@ -146,7 +152,8 @@ def read_safetensors_with_metadata(path: Path) -> tuple[dict[str, torch.Tensor],
         raise GptclfError(f"{path}: empty file")
     try:
         with safe_open(str(path), "pt") as f:
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
+            names = [k for k in f.keys() if keep is None or keep(k)]  # noqa: SIM118 (not a dict)
+            tensors = {k: f.get_tensor(k) for k in names}
             return tensors, dict(f.metadata() or {})
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise GptclfError(f"{path}: corrupt or not safetensors ({exc})") from None

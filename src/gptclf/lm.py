@@ -20,6 +20,7 @@ from gptclf.model import GPT
 from gptclf.tokenizer import TOKENIZER_FILE, Tokenizer
 from gptclf.weights import registry
 from gptclf.weights.bert import is_bert_config, load_bert_tokenizer, load_hf_bert
+from gptclf.weights.depth import first_blocks
 from gptclf.weights.gguf import load_gguf
 from gptclf.weights.hf_gpt2 import load_hf_gpt2
 
@@ -51,43 +52,53 @@ def load_lm(
     *,
     seed: int = 123,
     progress: bool = True,
+    layers: int | None = None,
     **config_overrides: Any,
 ) -> LanguageModel:
     """Load a language model.
 
     name_or_path: a known name (`gptclf models`), a local directory in the Hugging Face GPT-2
     or BERT layout, or a llama.cpp `.gguf` file (Llama or GPT-2 architecture). weights: "pretrained", or "random" for the name's architecture with GPT-2 init (seeded)
-    and the real tokenizer. config_overrides: e.g. `causal=False`, `dropout=0.1`.
+    and the real tokenizer. layers: keep only the first K blocks (None: all); the loaders skip
+    the others' weights (`weights/depth.py`), a random init builds K blocks. config_overrides:
+    e.g. `causal=False`, `dropout=0.1`.
     """
     if weights not in ("pretrained", "random"):
         raise GptclfError(f"weights must be 'pretrained' or 'random', got {weights!r}")
     path = Path(name_or_path)
+    overrides = {**config_overrides, "layers": layers}  # what every loader takes
     if path.is_file() and path.suffix == ".gguf":
         if weights == "random":
             raise GptclfError("--weights random takes a model name, not a file")
-        return _load_gguf(path, {"path": str(path.resolve())}, config_overrides)
+        return _load_gguf(path, _source({"path": str(path.resolve())}, layers), overrides)
     if path.is_dir():
         if weights == "random":
             raise GptclfError("--weights random takes a model name, not a directory")
-        return _load_hf_dir(path, {"path": str(path.resolve())}, config_overrides)
+        return _load_hf_dir(path, _source({"path": str(path.resolve())}, layers), overrides)
     if path.suffix in (".safetensors", ".json", ".gguf") or "/" in str(name_or_path):
         raise GptclfError(f"model path {name_or_path} does not exist")
 
     known = registry.known_model(str(name_or_path))
+    first_blocks(ModelConfig.from_name(known.preset), layers)  # before a download or a read
     if weights == "random":
-        config = ModelConfig.from_name(known.preset, **config_overrides)
+        config = first_blocks(ModelConfig.from_name(known.preset, **config_overrides), layers)
         torch.manual_seed(seed)
         model = build_backbone(config)
-        source = {"name": known.name, "weights": "random", "seed": seed}
+        source = _source({"name": known.name, "weights": "random", "seed": seed}, layers)
         log.info("initialised %s with random weights (seed %d)", known.name, seed)
         return LanguageModel(model, registry.tokenizer_for(known, progress), config, source)
-    source = {"name": known.name, "weights": "pretrained"}
+    source = _source({"name": known.name, "weights": "pretrained"}, layers)
     if known.gguf is not None:
-        return _load_gguf(registry.locate_gguf(known), source, config_overrides)
+        return _load_gguf(registry.locate_gguf(known), source, overrides)
     if known.archive is not None:
-        return _load_hf_dir(registry.locate_archive_model(known), source, config_overrides)
+        return _load_hf_dir(registry.locate_archive_model(known), source, overrides)
     directory = registry.fetch_hf_model(known, progress=progress)
-    return _load_hf_dir(directory, source, config_overrides)
+    return _load_hf_dir(directory, source, overrides)
+
+
+def _source(source: dict[str, Any], layers: int | None) -> dict[str, Any]:
+    """How to get the same base model again: with --layers, its first K blocks."""
+    return source if layers is None else {**source, "layers": layers}
 
 
 def _load_gguf(path: Path, source: dict, overrides: dict) -> LanguageModel:

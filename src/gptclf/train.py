@@ -277,6 +277,7 @@ def load_model(cfg: TrainConfig, d: Dist) -> LanguageModel:
             cfg.weights,
             seed=cfg.seed,
             progress=cfg.progress and d.is_main,
+            layers=cfg.layers,
             causal=cfg.causal,
             dropout=cfg.dropout,
         )

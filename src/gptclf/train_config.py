@@ -50,6 +50,13 @@ class TrainConfig:
         "pretrained, or random: the same architecture from a random init",
         choices=choices.WEIGHTS,
     )
+    layers: int | None = option(
+        None,
+        "keep only the first K blocks of the model, so the classifier reads layer K (mid-depth "
+        "layers can classify better, Skean et al. 2025); the blocks above are never loaded, "
+        "--trainable's last blocks are the top ones of the K (default: every block)",
+        metavar="K",
+    )
     data: str = option(
         "sms-spam", "sms-spam | sms-spam-uci | a .csv/.tsv/.jsonl/.parquet file | a split directory"
     )
@@ -353,7 +360,7 @@ SEED = Range(0, 2**32 - 1)
 # Every numeric field's range; a field missing here fails tests/test_flags.py.
 NUMBER_RANGES: dict[str, Range] = {
     **dict.fromkeys(
-        ("lora_rank", "lora_blocks", "max_length", "epochs", "batch_size", "grad_accum",
+        ("layers", "lora_rank", "lora_blocks", "max_length", "epochs", "batch_size", "grad_accum",
          "eval_batch_size", "save_every", "patience"),
         AT_LEAST_1,
     ),

@@ -35,7 +35,9 @@ time in that file; `gptclf experiments list` warns where bf16 is emulated):
   tuned for one block).
 - Random-init rows train every layer from scratch, 2 epochs each, at the recipe's lr 2e-4.
 - `gpu_only` rows would take many hours (or days) on that CPU; the runner skips them without CUDA.
-Everything runnable offline adds up to about 260 minutes per seed, 72 of them the search's
+- The depth rows (`--layers K`, not run yet) are estimated from the smollm2 row's 5 minutes,
+  scaled by the K of its 30 blocks they keep.
+Everything runnable offline adds up to about 275 minutes per seed, 72 of them the search's
 (`gptclf experiments list` sums the estimates). Pretrained GPT-2 rows run only where their
 weights are cached.
 """
@@ -47,6 +49,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from gptclf.config import PRESETS
 from gptclf.errors import GptclfError
 from gptclf.train_config import RECIPES, TrainConfig
 
@@ -59,8 +62,12 @@ class Question:
     # A search: its rows compete on validation accuracy (ties: validation loss) and the report
     # names the winner; test accuracy is shown, never used to choose.
     search: bool = False
+    # Its chart: bars per row, or "layers": test accuracy and train time against the blocks
+    # kept (`layers`; a row without it reads every block of its model).
+    chart: Literal["bars", "layers"] = "bars"
 
 
+SMOLLM2_DEPTH = PRESETS["smollm2-135m"]["n_layer"]  # 30 blocks
 QUESTIONS: dict[str, Question] = {
     "trainable": Question(
         "Which layers should train?",
@@ -150,6 +157,17 @@ QUESTIONS["ensemble"] = Question(
     "average them. Their train time and parameters are their members' sums.",
     references=("smollm2", "minilm-all"),
 )
+QUESTIONS["depth"] = Question(
+    "Which layer should the classifier read?",
+    f"Only the first K of SmolLM2's {SMOLLM2_DEPTH} blocks are kept (`--layers K`) and the "
+    "recipe's two trainable blocks are the top two of those K, so the class head reads "
+    'layer K instead of the last. Skean et al. (2025, "Layer by Layer: Uncovering Hidden '
+    'Representations in Language Models") find that intermediate layers of decoder LMs '
+    "often give better features than the last one; fewer blocks also train and predict "
+    "faster. The chart plots test accuracy and train time against K.",
+    references=("smollm2",),
+    chart="layers",
+)
 SPLIT_SEED = 123  # the book's split for every row and seed: seeds measure training noise only
 BASELINE_QUESTION = "baseline"  # the TF-IDF row: shown beside every question's rows
 
@@ -157,7 +175,7 @@ BASELINE_QUESTION = "baseline"  # the TF-IDF row: shown beside every question's 
 FACTORS = (
     "model", "weights", "split", "class_weights", "trainable", "pool", "padding", "causal",
     "lora_rank", "lora_alpha", "lora_targets", "lora_scaling", "lora_blocks", "batch_size",
-    "grad_accum", "bucket", "lr", "epochs", "precision", "prompt",
+    "grad_accum", "bucket", "lr", "epochs", "precision", "prompt", "layers",
 )  # fmt: skip
 _DEFAULTS = TrainConfig()
 BOOK: dict[str, Any] = {f: getattr(_DEFAULTS, f) for f in FACTORS}
@@ -229,6 +247,23 @@ _SEARCH = dict(
 )  # fmt: skip
 
 
+SMOLLM2_MINUTES = 5  # the smollm2 row's measured minutes per seed (its cpu_minutes)
+
+
+def _depth(blocks: int) -> Experiment:
+    """A row of the depth question: SmolLM2 cut to its first `blocks` blocks, the top two
+    trained. Not run yet: its time is the smollm2 row's, scaled by the blocks kept."""
+    return Experiment(
+        f"smollm2-layers-{blocks}",
+        "depth",
+        f"first {blocks} of {SMOLLM2_DEPTH} blocks",
+        _smollm2(layers=blocks),
+        cpu_minutes=round(SMOLLM2_MINUTES * blocks / SMOLLM2_DEPTH, 1),
+        note=f"cpu_minutes estimated: smollm2's {SMOLLM2_MINUTES:g} min x {blocks}/"
+        f"{SMOLLM2_DEPTH} blocks",
+    )
+
+
 def _search(
     name: str, label: str, seconds: float, measured: bool = True, **changes: Any
 ) -> Experiment:
@@ -263,7 +298,7 @@ EXPERIMENTS_LIST: list[Experiment] = [
     ),
     Experiment(
         "smollm2", "trainable", "last two blocks (the smollm2 recipe)", _smollm2(),
-        book="98.33", book_row="last two blocks", cpu_minutes=5,
+        book="98.33", book_row="last two blocks", cpu_minutes=SMOLLM2_MINUTES,
     ),
     Experiment(
         "smollm2-all", "trainable", "all layers", _smollm2(trainable="all", lr=_ALL_LR, epochs=2),
@@ -483,6 +518,8 @@ EXPERIMENTS_LIST: list[Experiment] = [
         method="ensemble", members=("smollm2",), pool_seeds=True, cpu_minutes=0,
         note="one result: the seeds' probabilities averaged (673M parameters for 5 seeds)",
     ),
+    # 13. Which layer the head reads: SmolLM2's first K blocks only (--layers)
+    *(_depth(blocks) for blocks in (8, 12, 16, 20, 24)),
     # Baseline: beside every question
     Experiment(
         "tfidf-logreg", BASELINE_QUESTION, "TF-IDF + logistic regression",

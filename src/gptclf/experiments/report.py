@@ -3,7 +3,8 @@
 Per question: a table (mean ± sample standard deviation over seeds of test accuracy, F1 and train
 time; trainable parameters; seeds; the book's number beside ours), a few sentences templated from
 those numbers (for a search, its pick by validation accuracy), and a PNG bar chart with error
-bars (matplotlib, no pyplot). Rows without results say "not run yet". Nothing here is typed in: edit the runs, not the document.
+bars (matplotlib, no pyplot; the depth question's plots accuracy and train time against the
+blocks kept). Rows without results say "not run yet". Nothing here is typed in: edit the runs, not the document.
 """
 
 from __future__ import annotations
@@ -530,15 +531,7 @@ def chart(title: str, rows: list[Row], path: Path) -> Path | None:
     x = np.arange(len(ran))
     means = np.array([r.acc for r in ran])
     errs = np.array([r.acc_std or 0.0 for r in ran])
-    colors = [
-        "tab:olive"
-        if r.exp.question == BASELINE_QUESTION
-        else "tab:gray"
-        if r.reference
-        else "tab:blue"
-        for r in ran
-    ]
-    ax.bar(x, means, yerr=errs, capsize=4, color=colors)
+    ax.bar(x, means, yerr=errs, capsize=4, color=[row_color(r) for r in ran])
     book = [(i, v) for i, r in enumerate(ran) for v in r.exp.book_values()]
     if book:
         ax.plot(
@@ -559,6 +552,54 @@ def chart(title: str, rows: list[Row], path: Path) -> Path | None:
     ax.set_ylabel("test accuracy (%), mean ± std over seeds")
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    return path
+
+
+def row_color(row: Row) -> str:
+    """A row's colour in the charts: the question's own, a reference, or the baseline."""
+    if row.exp.question == BASELINE_QUESTION:
+        return "tab:olive"
+    return "tab:gray" if row.reference else "tab:blue"
+
+
+def blocks_read(row: Row) -> int:
+    """The blocks a row's model kept: its `layers`, else every block its runs recorded."""
+    return row.exp.overrides.get("layers") or row.records[0]["config"]["model_config"]["n_layer"]
+
+
+def layers_chart(title: str, rows: list[Row], path: Path) -> Path | None:
+    """Test accuracy and train time (mean, error bar = std over seeds) against the blocks kept
+    (`--layers`, the layer the head reads); the baseline's accuracy as a dashed line."""
+    from matplotlib.figure import Figure
+
+    ran = sorted((r for r in rows if r.n and r.exp.method == "fit"), key=blocks_read)
+    if all(r.reference for r in ran):  # the reference alone is one point: nothing to compare
+        path.unlink(missing_ok=True)  # no stale chart for a question with no results
+        return None
+    fig = Figure(figsize=(9, 4.2), dpi=100, layout="constrained")
+    accuracy, seconds = fig.subplots(1, 2)
+    blocks = [blocks_read(r) for r in ran]
+    for ax, key, scale, label in (
+        (accuracy, "test_accuracy", 100, "test accuracy (%), mean ± std over seeds"),
+        (seconds, "train_seconds", 1, "train s per seed, mean ± std over seeds"),
+    ):
+        means, stds = zip(*(r.stat(key, scale) for r in ran), strict=True)
+        errs = [s or 0.0 for s in stds]
+        ax.errorbar(blocks, means, yerr=errs, color="tab:blue", capsize=4, alpha=0.6)
+        ax.scatter(blocks, means, c=[row_color(r) for r in ran], zorder=3)
+        ax.set_xticks(blocks)
+        ax.set_xlabel("blocks kept = the layer the head reads")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    for row in rows:
+        if row.n and row.exp.question == BASELINE_QUESTION:
+            accuracy.axhline(row.acc, color="tab:olive", linestyle="--", label=row.exp.label)
+            accuracy.legend(loc="lower right", fontsize="small")
+    machines = {r.machine for r in ran}  # None: a row's seeds ran on several
+    if len(machines) > 1 or None in machines:  # train times compare only within a machine
+        seconds.set_title("runs on several machines: see the table", fontsize="small")
+    fig.suptitle(title)
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
     return path
 
@@ -760,34 +801,17 @@ def overview(
     return lines
 
 
-def write(
-    results_dir: str | Path | None = None,
-    out: str | Path | None = None,
-    experiments: dict[str, Experiment] | None = None,
-    questions: dict[str, Question] | None = None,
-) -> list[Path]:
-    """Regenerate the Markdown report and one chart per question; returns the files written."""
-    experiments = EXPERIMENTS if experiments is None else experiments
-    questions = QUESTIONS if questions is None else questions
-    results_dir = Path(results_dir) if results_dir is not None else default_results_dir()
-    out = Path(out) if out is not None else default_out()
-    results = load_results(results_dir, experiments)
-    scored = load_cv_results(results_dir, experiments)
-    reasons = {name: why_not_run(exp) for name, exp in experiments.items() if name not in results}
-    charts_dir = out.parent / out.stem.lower()
-    baseline = next(
-        (
-            Row(e, results.get(e.name, []), reference=True, cv=scored.get(e.name, []))
-            for e in experiments.values()
-            if e.question == BASELINE_QUESTION
-        ),
-        None,
-    )
+def preamble(
+    results_dir: Path,
+    results: dict[str, list[dict[str, Any]]],
+    experiments: dict[str, Experiment],
+) -> list[str]:
+    """The report's opening: how it is made, how to read it, the duplicates, the overview."""
     try:
         shown_dir = results_dir.resolve().relative_to((repo_root() or Path.cwd()).resolve())
     except ValueError:
         shown_dir = results_dir
-    lines = [
+    return [
         "# Results: the seven questions",
         "",
         f"Generated by `gptclf experiments report` from the cached runs in `{shown_dir}/` (one JSON "
@@ -813,6 +837,32 @@ def write(
         "",
         *overview(results, experiments),
     ]
+
+
+def write(
+    results_dir: str | Path | None = None,
+    out: str | Path | None = None,
+    experiments: dict[str, Experiment] | None = None,
+    questions: dict[str, Question] | None = None,
+) -> list[Path]:
+    """Regenerate the Markdown report and one chart per question; returns the files written."""
+    experiments = EXPERIMENTS if experiments is None else experiments
+    questions = QUESTIONS if questions is None else questions
+    results_dir = Path(results_dir) if results_dir is not None else default_results_dir()
+    out = Path(out) if out is not None else default_out()
+    results = load_results(results_dir, experiments)
+    scored = load_cv_results(results_dir, experiments)
+    reasons = {name: why_not_run(exp) for name, exp in experiments.items() if name not in results}
+    charts_dir = out.parent / out.stem.lower()
+    baseline = next(
+        (
+            Row(e, results.get(e.name, []), reference=True, cv=scored.get(e.name, []))
+            for e in experiments.values()
+            if e.question == BASELINE_QUESTION
+        ),
+        None,
+    )
+    lines = preamble(results_dir, results, experiments)
     written = []
     for i, (qid, question) in enumerate(questions.items(), start=1):
         own = [
@@ -834,7 +884,8 @@ def write(
             else cv_choice(rows) + answer(rows, baseline)
         )
         lines += ["", " ".join(said + size_trend(own))]
-        path = chart(
+        draw = layers_chart if question.chart == "layers" else chart
+        path = draw(
             question.title, rows + ([baseline] if baseline else []), charts_dir / f"{qid}.png"
         )
         if path is not None:

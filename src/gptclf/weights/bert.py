@@ -20,6 +20,7 @@ from gptclf.config import ModelConfig
 from gptclf.errors import GptclfError
 from gptclf.fileio import read_json, read_safetensors
 from gptclf.tokenizer import Tokenizer
+from gptclf.weights.depth import first_blocks, unused_block
 
 # HF key (without `bert.`) -> our key in `encoder.Encoder`.
 WEIGHT_MAP: dict[str, str | None] = {
@@ -50,6 +51,7 @@ WEIGHT_MAP: dict[str, str | None] = {
     "pooler.dense.weight": None,
     "pooler.dense.bias": None,
 }
+HF_BLOCK = re.compile(r"(?:bert\.)?encoder\.layer\.(\d+)\.")  # a block's weights (layer i)
 DROPPED_PREFIXES = ("cls.predictions.", "cls.seq_relationship.")  # pretraining heads
 
 # config.json field -> ModelConfig field
@@ -108,12 +110,18 @@ def convert_hf_bert(hf_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
 
 
 def load_hf_bert(
-    directory: Path, name: str | None = None, **overrides
+    directory: Path, name: str | None = None, layers: int | None = None, **overrides
 ) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
-    """(config, state_dict in our keys) from a Hugging Face BERT directory."""
+    """(config, state_dict in our keys) from a Hugging Face BERT directory; `layers`: only the
+    first K blocks (`weights/depth.py`: the others are not read)."""
     config = config_from_hf_bert(read_json(directory / "config.json"), name or directory.name)
     config = dataclasses.replace(config, **overrides)
-    return config, convert_hf_bert(read_safetensors(directory / "model.safetensors"))
+    depth, config = config.n_layer, first_blocks(config, layers)
+    hf_state = read_safetensors(
+        directory / "model.safetensors",
+        keep=lambda key: not unused_block(key, HF_BLOCK, config.n_layer, depth),
+    )
+    return config, convert_hf_bert(hf_state)
 
 
 def load_bert_tokenizer(directory: Path) -> Tokenizer:

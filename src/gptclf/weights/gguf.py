@@ -17,11 +17,12 @@ checkpoints are written, https://github.com/ggml-org/llama.cpp/blob/master/conve
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from tokenizers import AddedToken, pre_tokenizers
 from gptclf.config import ModelConfig
 from gptclf.errors import GptclfError
 from gptclf.tokenizer import Tokenizer, byte_level_bpe
+from gptclf.weights.depth import first_blocks, unused_block
 
 logger = logging.getLogger(__name__)
 
@@ -130,23 +132,35 @@ PRE_TOKENIZERS: dict[str, Callable[[], pre_tokenizers.PreTokenizer]] = {
 
 
 def load_gguf(
-    path: Path, **config_overrides: Any
+    path: Path, layers: int | None = None, **config_overrides: Any
 ) -> tuple[ModelConfig, dict[str, torch.Tensor], Tokenizer]:
     """(config, float32 state dict in our keys, tokenizer) from a llama.cpp GGUF file.
 
     `config_overrides` replace fields of the config read from the file (e.g. `dropout`, `name`).
+    `layers`: only the first K blocks (`weights/depth.py`): the others are never dequantized.
     """
     path = Path(path)
     start = time.perf_counter()
     reader = open_gguf(path)
-    try:
-        config, state, tokenizer = _load(reader, path.stem, config_overrides)
-    except GptclfError as exc:
-        raise GptclfError(f"{path}: {exc}") from None
+    with named_errors(path):
+        config = _config(reader, path.stem, config_overrides)
+    depth, config = config.n_layer, first_blocks(config, layers)  # its message names no file
+    with named_errors(path):
+        state = _weights(reader, config, depth)
+        tokenizer = tokenizer_from_gguf(reader, _meta(reader, "tokenizer.ggml.tokens"))
     types = dict(Counter(t.tensor_type.name for t in reader.tensors))
     seconds = time.perf_counter() - start
     logger.info("read %s (%d tensors: %s) in %.1fs", path.name, len(reader.tensors), types, seconds)
     return config, state, tokenizer
+
+
+@contextlib.contextmanager
+def named_errors(path: Path) -> Iterator[None]:
+    """A GGUF error names the file it is about."""
+    try:
+        yield
+    except GptclfError as exc:
+        raise GptclfError(f"{path}: {exc}") from None
 
 
 def load_gguf_tokenizer(path: Path) -> Tokenizer:
@@ -158,24 +172,36 @@ def load_gguf_tokenizer(path: Path) -> Tokenizer:
         raise GptclfError(f"{path}: {exc}") from None
 
 
-def _load(
-    reader: GGUFReader, name: str, overrides: dict[str, Any]
-) -> tuple[ModelConfig, dict[str, torch.Tensor], Tokenizer]:
+def _config(reader: GGUFReader, name: str, overrides: dict[str, Any]) -> ModelConfig:
+    """The model config of the file's metadata, with `overrides`."""
+    arch_name = _architecture(reader)
+    tokens = _meta(reader, "tokenizer.ggml.tokens")
+    if not tokens:
+        raise GptclfError("GGUF has no tokenizer.ggml.tokens")
+    by_name = {t.name: t for t in reader.tensors}
+    config = config_from_gguf(reader, arch_name, len(tokens), _is_tied(by_name), name)
+    return ModelConfig.from_dict({**config.to_dict(), **overrides})
+
+
+def _weights(reader: GGUFReader, config: ModelConfig, depth: int) -> dict[str, torch.Tensor]:
+    """Our state dict of `config`'s blocks: the file's blocks from `config.n_layer` up to its
+    `depth` (cut off by --layers) are skipped before they are dequantized."""
+    tensors = {
+        t.name: read_tensor(t)
+        for t in reader.tensors
+        if not unused_block(t.name, _LAYER, config.n_layer, depth)
+    }
+    return convert_gguf_tensors(tensors, ARCHITECTURES[_architecture(reader)], config)
+
+
+def _architecture(reader: GGUFReader) -> str:
     arch_name = _meta(reader, "general.architecture")
     if arch_name not in ARCHITECTURES:
         raise GptclfError(
             f"unsupported GGUF architecture {arch_name!r}; "
             f"supported: {', '.join(sorted(ARCHITECTURES))}"
         )
-    tokens = _meta(reader, "tokenizer.ggml.tokens")
-    if not tokens:
-        raise GptclfError("GGUF has no tokenizer.ggml.tokens")
-    by_name = {t.name: t for t in reader.tensors}
-    config = config_from_gguf(reader, arch_name, len(tokens), _is_tied(by_name), name)
-    config = ModelConfig.from_dict({**config.to_dict(), **overrides})
-    tensors = {t_name: read_tensor(t) for t_name, t in by_name.items()}
-    state = convert_gguf_tensors(tensors, ARCHITECTURES[arch_name], config)
-    return config, state, tokenizer_from_gguf(reader, tokens)
+    return arch_name
 
 
 def open_gguf(path: Path) -> GGUFReader:

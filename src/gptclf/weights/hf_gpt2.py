@@ -8,6 +8,7 @@ them as (in, out); see transformers' `pytorch_utils.Conv1D`).
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import torch
@@ -16,6 +17,7 @@ from safetensors.torch import save_file
 from gptclf.config import PRESETS, ModelConfig
 from gptclf.errors import GptclfError
 from gptclf.fileio import atomic_write_many, json_bytes, read_json, read_safetensors
+from gptclf.weights.depth import first_blocks, unused_block
 
 # GPT-2's Conv1D layers store weight as (in_features, out_features): the transpose of nn.Linear.
 CONV1D_WEIGHTS = (
@@ -24,6 +26,8 @@ CONV1D_WEIGHTS = (
     "mlp.c_fc.weight",
     "mlp.c_proj.weight",
 )
+# A block's weights: `h.{i}.`, with the `transformer.` prefix some checkpoints have.
+HF_BLOCK = re.compile(r"(?:transformer\.)?h\.(\d+)\.")
 # Buffers (not parameters) that some GPT-2 checkpoints include: the causal mask, recomputed here.
 DROPPED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
 
@@ -106,10 +110,15 @@ def save_hf_gpt2(directory: Path, config: ModelConfig, state: dict[str, torch.Te
 
 
 def load_hf_gpt2(
-    directory: Path, name: str | None = None, **overrides
+    directory: Path, name: str | None = None, layers: int | None = None, **overrides
 ) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
-    """(config, state_dict in our keys) from a Hugging Face GPT-2 directory."""
+    """(config, state_dict in our keys) from a Hugging Face GPT-2 directory; `layers`: only the
+    first K blocks (`weights/depth.py`: the others are not read)."""
     config = config_from_hf_gpt2(read_json(directory / "config.json"), name or directory.name)
     config = dataclasses.replace(config, **overrides)
-    state = convert_hf_gpt2(read_safetensors(directory / "model.safetensors"), config)
-    return config, state
+    depth, config = config.n_layer, first_blocks(config, layers)
+    hf_state = read_safetensors(
+        directory / "model.safetensors",
+        keep=lambda key: not unused_block(key, HF_BLOCK, config.n_layer, depth),
+    )
+    return config, convert_hf_gpt2(hf_state, config)
