@@ -109,8 +109,13 @@ class Classifier:
 
     @classmethod
     def load(cls, directory: str | Path, precision: str | None = None) -> Classifier:
-        """Load a checkpoint directory written by `gptclf train` / `Classifier.train`."""
-        return cls(
+        """Load a checkpoint directory written by `gptclf train` / `Classifier.train`, or an
+        ensemble written by `gptclf ensemble` (an `ensemble.Ensemble`: the same interface)."""
+        from gptclf import ensemble  # it builds on this class
+
+        if ensemble.is_ensemble(Path(directory)):
+            return ensemble.load_ensemble(Path(directory), precision)
+        return Classifier(
             *load_classifier(Path(directory)), directory=Path(directory), precision=precision
         )
 
@@ -192,6 +197,17 @@ class Classifier:
     def prompt(self) -> str | None:
         """The template each text was classified inside during training (None: the bare text)."""
         return self.info.train_config.get("prompt")
+
+    def model_card(self) -> dict[str, Any]:
+        """What the server's /info says about the model (the page's model card)."""
+        return {
+            "base": self.info.base,
+            "train_model": self.info.train_config.get("model"),
+            "pool": self.info.pool,
+            "max_length": self.info.max_length,
+            "truncation": self.truncation,
+            "trainable": self.info.train_config.get("trainable"),
+        }
 
     @property
     def metrics(self) -> dict[str, Any] | None:

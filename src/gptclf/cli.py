@@ -335,6 +335,16 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ensemble(args: argparse.Namespace) -> int:
+    from gptclf.ensemble import create_ensemble
+
+    manifest = create_ensemble(args.runs, args.out, overwrite=args.overwrite)
+    members = [m["source"] for m in manifest["members"]]
+    summary = {"out": args.out, "members": members, "labels": manifest["labels"]}
+    print(json.dumps({**summary, "multi_label": manifest["multi_label"]}, ensure_ascii=False))
+    return 0
+
+
 def cmd_experiments_list(args: argparse.Namespace) -> int:
     import torch
 
@@ -481,6 +491,7 @@ def add_inference_commands(sub) -> None:
     p.set_defaults(func=cmd_predict)
     add_serve_command(sub)
     add_export_command(sub)
+    add_ensemble_command(sub)
 
 
 def add_serve_command(sub) -> None:
@@ -527,6 +538,20 @@ def add_export_command(sub) -> None:
     p.add_argument("--int8", action="store_true", help="onnx: also model_int8.onnx (dynamic)")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out")
     p.set_defaults(func=cmd_export)
+
+
+def add_ensemble_command(sub) -> None:
+    p = sub.add_parser(
+        "ensemble",
+        help="combine classifiers trained on the same labels (the mean of their probabilities)",
+        description="DIR holds a copy of every run and loads like one classifier: evaluate, "
+        "predict and serve take it. Members may be different models; multi-label members: the "
+        "mean of each label's probability, against the mean of their thresholds.",
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN", help="classifier directories (at least 2)")
+    p.add_argument("--out", required=True, metavar="DIR", help="new (or empty) directory")
+    p.add_argument("--overwrite", action="store_true", help="replace an ensemble already in DIR")
+    p.set_defaults(func=cmd_ensemble)
 
 
 def add_data_commands(sub) -> None:
