@@ -24,18 +24,21 @@ from gptclf.ensemble import ENSEMBLE_FILE, Ensemble
 from gptclf.errors import GptclfError
 
 TEXTS = ["It was great love.", "It was awful refund.", "It was fine.", "okay broke cash"]
-REVIEW_COLUMNS = {"text_columns": ["headline", "review_body"], "label_column": "sentiment"}
+
+
+def write_llama_member(run: Path, reviews_run: Path, **train: object) -> Path:
+    """A random Llama-tiny classifier on the reviews' labels, listed in another order, with the
+    reviews run's training settings (its data and split) but for `train`."""
+    config = json.loads((reviews_run / "config.json").read_text(encoding="utf-8"))
+    train_config = {**config["train_config"], "model": "llama-tiny", **train}
+    labels = ["positive", "negative", "neutral"]
+    write_tiny_checkpoint(run, seed=1, labels=labels, train_config=train_config)
+    return run
 
 
 @pytest.fixture(scope="module")
-def llama_member(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random Llama-tiny classifier on the reviews' labels, listed in another order."""
-    run = tmp_path_factory.mktemp("llama") / "run"
-    train = {"precision": "fp32", "truncation": "head", **REVIEW_COLUMNS}
-    write_tiny_checkpoint(
-        run, seed=1, labels=["positive", "negative", "neutral"], train_config=train
-    )
-    return run
+def llama_member(tmp_path_factory: pytest.TempPathFactory, reviews_run: Path) -> Path:
+    return write_llama_member(tmp_path_factory.mktemp("llama") / "run", reviews_run)
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +91,24 @@ def test_evaluate_scores_the_averaged_probabilities(
     assert metrics["accuracy"] == pytest.approx(np.mean(probs.argmax(axis=1) == truth))
     assert metrics["loss"] == pytest.approx(-np.mean(np.log(probs[np.arange(len(truth)), truth])))
     assert len(metrics["errors"]) == 2
+
+
+def test_evaluate_without_data_scores_the_members_common_splits(
+    ensemble_dir: Path, reviews_run: Path, tmp_path: Path, capsys
+) -> None:
+    assert main(["evaluate", str(ensemble_dir)]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    _, _, test = Classifier.load(reviews_run).training_splits()
+    assert metrics["test"]["n"] == len(test.texts)
+    # another seed's split holds, in its test split, texts the first member trained on
+    other = write_llama_member(tmp_path / "other", reviews_run, seed=7)
+    out = tmp_path / "ens"
+    assert main(["ensemble", str(reviews_run), str(other), "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(out)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("gptclf: error: ") and "\n" not in error
+    assert "were trained on different splits" in error and "--data FILE" in error
 
 
 def test_predict_on_the_command_line_and_files(ensemble_dir: Path, tmp_path: Path, capsys) -> None:

@@ -8,6 +8,8 @@ clf.predict_file("new.csv", "scored.csv")              # streams; keeps the inpu
 
 A multi-label classifier (`train(multi_label=True)`) predicts for each text every label whose
 sigmoid probability reaches its threshold (`Prediction.labels`, the checkpoint's thresholds).
+`Classifier.load` of a directory made by `gptclf ensemble` returns an `ensemble.Ensemble`: the
+same interface over the mean of its members' probabilities.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from gptclf.data import (
     LabeledTexts,
     align_labels,
     load_dataset,
+    splits_from_config,
 )
 from gptclf.errors import GptclfError
 from gptclf.fileio import read_json_object
@@ -297,6 +300,15 @@ class Classifier:
             encoding=encoding,
             delimiter=delimiter,
         )
+
+    def training_splits(
+        self, *, encoding: str | None = None, delimiter: str | None = None
+    ) -> tuple[LabeledTexts, LabeledTexts, LabeledTexts]:
+        """The train, validation and test splits it was trained on, read with its table options
+        unless ``encoding`` or ``delimiter`` is given (`gptclf evaluate` without --data)."""
+        given = {"encoding": encoding, "delimiter": delimiter}
+        given = {k: v for k, v in given.items() if v is not None}
+        return splits_from_config({**self.info.train_config, **given})
 
     def evaluate(
         self,

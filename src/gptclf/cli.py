@@ -231,7 +231,6 @@ def cmd_cv(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from gptclf.api import Classifier
-    from gptclf.data import splits_from_config
 
     clf = Classifier.load(args.checkpoint, precision=args.precision)
     dialect = {"encoding": args.encoding, "delimiter": args.delimiter}
@@ -239,8 +238,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         data = clf.load_data(args.data, args.text_columns, args.label_column, **dialect)
         result = clf.evaluate(data, batch_size=args.batch_size, errors=args.errors)
     else:  # the splits the checkpoint was trained on (its table options, unless given here)
-        given = {k: v for k, v in dialect.items() if v is not None}
-        splits = splits_from_config({**clf.info.train_config, **given})
+        splits = clf.training_splits(**dialect)
         result = {
             name: clf.evaluate(split, batch_size=args.batch_size, errors=args.errors)
             for name, split in zip(("train", "validation", "test"), splits, strict=True)

@@ -19,8 +19,9 @@ hand) is refused. A member that is itself an ensemble is refused, not flattened:
 change the weights (each inner member would count as much as a whole outer member).
 
 `Classifier.load(DIR)` returns an `Ensemble`: predict, predict_file, evaluate and the server use
-it as one classifier. Without `--data`, `gptclf evaluate DIR` scores the splits of the first
-member's training data.
+it as one classifier. Without `--data`, `gptclf evaluate DIR` scores the splits the members were
+trained on, if they were all trained on the same ones (not so for the book split with different
+seeds: its split seed is the training seed unless `--split-seed` fixes it).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from gptclf.checkpoint import (
     load_classifier,
     read_config,
 )
+from gptclf.data import LabeledTexts
 from gptclf.errors import GptclfError
 from gptclf.fileio import read_json_object, staged_directory, write_json
 from gptclf.tokenizer import META_FILE, TOKENIZER_FILE
@@ -114,7 +116,7 @@ def create_ensemble(
         ],
         "save_id": secrets.token_hex(16),
     }
-    with staged_directory(out, "ensemble") as tmp:
+    with staged_directory(out.resolve(), "ensemble") as tmp:  # resolved: `--out .` too
         for run, member in zip(runs, manifest["members"], strict=True):
             copy_member(run, tmp / member["path"])
         write_json(tmp / ENSEMBLE_FILE, manifest, ensure_ascii=False)
@@ -322,6 +324,23 @@ class Ensemble(Classifier):
             probs = probs.clamp(TINY, 1 - TINY)
             return probs.log() - (-probs).log1p()
         return probs.clamp_min(TINY).log()
+
+    def training_splits(
+        self, *, encoding: str | None = None, delimiter: str | None = None
+    ) -> tuple[LabeledTexts, LabeledTexts, LabeledTexts]:
+        """The splits every member was trained on. Members trained on different splits (other
+        data, or the book split of another seed) would score texts some of them trained on:
+        an error pointing to --data."""
+        options = {"encoding": encoding, "delimiter": delimiter}
+        splits = [member.training_splits(**options) for member in self.members]
+        for member, theirs in zip(self.members[1:], splits[1:], strict=True):
+            if any(a.texts != b.texts for a, b in zip(splits[0], theirs, strict=True)):
+                raise GptclfError(
+                    f"{self.members[0].directory} and {member.directory} were trained on "
+                    "different splits (other data, or another --seed or --split-seed): "
+                    "evaluate the ensemble with --data FILE, texts none of its members trained on"
+                )
+        return splits[0]
 
     def model_card(self) -> dict[str, Any]:
         """/info's model: each member's card, and their common values (differing ones joined
