@@ -150,6 +150,7 @@ def test_serve_classifies_with_the_ensemble(ensemble_dir: Path, monkeypatch) -> 
     assert info["labels"] == ["negative", "neutral", "positive"]
     assert info["model"]["base"]["name"] == "ensemble of 2: gpt2-tiny + llama-tiny"
     assert info["model"]["pool"] == "last / last_real"  # the page shows one value per field
+    assert {"max_length", "truncation", "trainable", "train_model"} <= set(info["model"])
     assert [m["base"]["name"] for m in info["model"]["ensemble"]["members"]] == [
         "gpt2-tiny",
         "llama-tiny",

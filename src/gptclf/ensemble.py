@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import secrets
 import shutil
 from pathlib import Path, PurePosixPath
@@ -119,7 +120,7 @@ def create_ensemble(
     with staged_directory(out.resolve(), "ensemble") as tmp:  # resolved: `--out .` too
         for run, member in zip(runs, manifest["members"], strict=True):
             copy_member(run, tmp / member["path"])
-        write_json(tmp / ENSEMBLE_FILE, manifest, ensure_ascii=False)
+        write_json(tmp / ENSEMBLE_FILE, manifest)
     log.info("ensemble of %d classifiers written to %s", len(runs), out)
     return manifest
 
@@ -140,11 +141,13 @@ def check_out(out: Path, overwrite: bool) -> None:
                 f"--out {out} holds an ensemble: add --overwrite to replace it, or choose "
                 "another --out"
             )
-    parent = out.parent
+    parent = out.resolve().parent  # where the staged directory is made, then renamed
     while not parent.exists():
         parent = parent.parent
     if not parent.is_dir():
         raise GptclfError(f"--out {out}: {parent} is a file, not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise GptclfError(f"--out {out}: no permission to write in {parent}")
 
 
 def checked_run(run: Path) -> tuple[ClassifierInfo, str | None]:

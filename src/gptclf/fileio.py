@@ -94,8 +94,11 @@ def staged_directory(out: Path, purpose: str) -> Iterator[Path]:
     """A temporary directory beside `out` (same file system; hidden, named after `purpose`),
     renamed to `out` on success and removed on failure: `out` is never half-written, and its
     old content (if any) goes only once the new one is complete."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.{purpose}-"))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.{purpose}-"))
+    except OSError as exc:  # e.g. a read-only file system
+        raise GptclfError(f"cannot write {out}: {exc.strerror or exc}") from None
     try:
         yield tmp
         tmp.chmod(0o755)  # mkdtemp's 0700 is for the staging only
