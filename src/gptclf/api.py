@@ -8,6 +8,8 @@ clf.predict_file("new.csv", "scored.csv")              # streams; keeps the inpu
 
 A multi-label classifier (`train(multi_label=True)`) predicts for each text every label whose
 sigmoid probability reaches its threshold (`Prediction.labels`, the checkpoint's thresholds).
+`Classifier.load` of a directory made by `gptclf ensemble` returns an `ensemble.Ensemble`: the
+same interface over the mean of its members' probabilities.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from gptclf.data import (
     LabeledTexts,
     align_labels,
     load_dataset,
+    splits_from_config,
 )
 from gptclf.errors import GptclfError
 from gptclf.fileio import read_json_object
@@ -109,8 +112,13 @@ class Classifier:
 
     @classmethod
     def load(cls, directory: str | Path, precision: str | None = None) -> Classifier:
-        """Load a checkpoint directory written by `gptclf train` / `Classifier.train`."""
-        return cls(
+        """Load a checkpoint directory written by `gptclf train` / `Classifier.train`, or an
+        ensemble written by `gptclf ensemble` (an `ensemble.Ensemble`: the same interface)."""
+        from gptclf import ensemble  # it builds on this class
+
+        if ensemble.is_ensemble(Path(directory)):
+            return ensemble.load_ensemble(Path(directory), precision)
+        return Classifier(
             *load_classifier(Path(directory)), directory=Path(directory), precision=precision
         )
 
@@ -192,6 +200,17 @@ class Classifier:
     def prompt(self) -> str | None:
         """The template each text was classified inside during training (None: the bare text)."""
         return self.info.train_config.get("prompt")
+
+    def model_card(self) -> dict[str, Any]:
+        """What the server's /info says about the model (the page's model card)."""
+        return {
+            "base": self.info.base,
+            "train_model": self.info.train_config.get("model"),
+            "pool": self.info.pool,
+            "max_length": self.info.max_length,
+            "truncation": self.truncation,
+            "trainable": self.info.train_config.get("trainable"),
+        }
 
     @property
     def metrics(self) -> dict[str, Any] | None:
@@ -281,6 +300,15 @@ class Classifier:
             encoding=encoding,
             delimiter=delimiter,
         )
+
+    def training_splits(
+        self, *, encoding: str | None = None, delimiter: str | None = None
+    ) -> tuple[LabeledTexts, LabeledTexts, LabeledTexts]:
+        """The train, validation and test splits it was trained on, read with its table options
+        unless ``encoding`` or ``delimiter`` is given (`gptclf evaluate` without --data)."""
+        given = {"encoding": encoding, "delimiter": delimiter}
+        given = {k: v for k, v in given.items() if v is not None}
+        return splits_from_config({**self.info.train_config, **given})
 
     def evaluate(
         self,

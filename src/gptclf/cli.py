@@ -231,7 +231,6 @@ def cmd_cv(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from gptclf.api import Classifier
-    from gptclf.data import splits_from_config
 
     clf = Classifier.load(args.checkpoint, precision=args.precision)
     dialect = {"encoding": args.encoding, "delimiter": args.delimiter}
@@ -239,8 +238,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         data = clf.load_data(args.data, args.text_columns, args.label_column, **dialect)
         result = clf.evaluate(data, batch_size=args.batch_size, errors=args.errors)
     else:  # the splits the checkpoint was trained on (its table options, unless given here)
-        given = {k: v for k, v in dialect.items() if v is not None}
-        splits = splits_from_config({**clf.info.train_config, **given})
+        splits = clf.training_splits(**dialect)
         result = {
             name: clf.evaluate(split, batch_size=args.batch_size, errors=args.errors)
             for name, split in zip(("train", "validation", "test"), splits, strict=True)
@@ -332,6 +330,16 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     out = export(args.checkpoint, args.out, args.format, int8=args.int8, force=args.force)
     print(json.dumps({"out": str(out), "format": args.format, "files": sorted(os.listdir(out))}))
+    return 0
+
+
+def cmd_ensemble(args: argparse.Namespace) -> int:
+    from gptclf.ensemble import create_ensemble
+
+    manifest = create_ensemble(args.runs, args.out, overwrite=args.overwrite)
+    members = [m["source"] for m in manifest["members"]]
+    summary = {"out": args.out, "members": members, "labels": manifest["labels"]}
+    print(json.dumps({**summary, "multi_label": manifest["multi_label"]}, ensure_ascii=False))
     return 0
 
 
@@ -487,6 +495,7 @@ def add_inference_commands(sub) -> None:
     p.set_defaults(func=cmd_predict)
     add_serve_command(sub)
     add_export_command(sub)
+    add_ensemble_command(sub)
 
 
 def add_serve_command(sub) -> None:
@@ -533,6 +542,20 @@ def add_export_command(sub) -> None:
     p.add_argument("--int8", action="store_true", help="onnx: also model_int8.onnx (dynamic)")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out")
     p.set_defaults(func=cmd_export)
+
+
+def add_ensemble_command(sub) -> None:
+    p = sub.add_parser(
+        "ensemble",
+        help="combine classifiers trained on the same labels (the mean of their probabilities)",
+        description="DIR holds a copy of every run and loads like one classifier: evaluate, "
+        "predict and serve take it. Members may be different models; multi-label members: the "
+        "mean of each label's probability, against the mean of their thresholds.",
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN", help="classifier directories (at least 2)")
+    p.add_argument("--out", required=True, metavar="DIR", help="new (or empty) directory")
+    p.add_argument("--overwrite", action="store_true", help="replace an ensemble already in DIR")
+    p.set_defaults(func=cmd_ensemble)
 
 
 def add_data_commands(sub) -> None:

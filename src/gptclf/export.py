@@ -16,12 +16,6 @@ which is renamed to DIR at the end (`--force` swaps out a non-empty DIR only the
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import tempfile
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +25,7 @@ from tokenizers import Tokenizer as HFTokenizer
 from gptclf.checkpoint import ClassifierInfo, load_classifier, read_info
 from gptclf.classifier import SequenceClassifier
 from gptclf.errors import GptclfError
-from gptclf.fileio import write_json
+from gptclf.fileio import staged_directory, write_json
 from gptclf.lora import merge_lora
 from gptclf.tokenizer import TOKENIZER_FILE, Tokenizer
 
@@ -60,18 +54,31 @@ def export(
     if int8 and format != "onnx":
         raise GptclfError("--int8 quantizes ONNX models only (--format onnx)")
     run, out = Path(run), Path(out)
+    refuse_ensemble(run)
     read_info(run)  # a non-checkpoint fails here, before anything is loaded
     check_out(run, out, force)
     model, tokenizer, info = load_classifier(run)
     merge_lora(model)  # adapters folded into plain linears: both formats know only those
     model.float().eval()
-    with staged_directory(out) as tmp:
+    with staged_directory(out, "export") as tmp:
         if format == "onnx":
             write_onnx(tmp, model, tokenizer, info, int8)
         else:
             write_hf(tmp, model, tokenizer, info)
     log.info("exported %s (%s) to %s", run, format, out)
     return out
+
+
+def refuse_ensemble(run: Path) -> None:
+    """An ensemble is several models: each exported format holds one."""
+    from gptclf.ensemble import is_ensemble, member_dirs
+
+    if is_ensemble(run):
+        members = ", ".join(str(d) for d in member_dirs(run))
+        raise GptclfError(
+            f"{run} is an ensemble, and an export holds one classifier: export its members one "
+            f"by one ({members})"
+        )
 
 
 def check_out(run: Path, out: Path, force: bool) -> None:
@@ -81,28 +88,6 @@ def check_out(run: Path, out: Path, force: bool) -> None:
         raise GptclfError(f"--out {out} exists and is not empty (--force replaces it)")
     if out.resolve() == run.resolve() or out.resolve() in run.resolve().parents:
         raise GptclfError(f"--out {out} would replace the checkpoint {run} itself")
-
-
-@contextmanager
-def staged_directory(out: Path) -> Iterator[Path]:
-    """A temporary directory beside `out` (same file system), renamed to `out` on success and
-    removed on failure: `out` is never half-written, and its old content goes only once the
-    new one is complete."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.export-"))
-    try:
-        yield tmp
-        tmp.chmod(0o755)  # mkdtemp's 0700 is for the staging only
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-            os.rename(out, old)
-            os.rename(tmp, out)
-            shutil.rmtree(old)
-        else:
-            os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def label_maps(info: ClassifierInfo) -> dict[str, Any]:

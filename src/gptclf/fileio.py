@@ -4,8 +4,10 @@ A file is written to a temporary name beside its target, flushed to disk and ren
 (`os.replace` is atomic on POSIX and Windows), so a crash or a kill mid-write leaves the previous
 file intact. Files that belong together (a checkpoint, the split files) are all written to
 temporary names first and renamed only then, one after the other (`atomic_write_many`).
-Torch only inside the safetensors readers: checkpoints, caches, reports, tables, splits and
-downloads all use these helpers.
+A directory that must appear whole (an export, an ensemble) is built in a temporary sibling and
+renamed into place at the end (`staged_directory`). Torch only inside the safetensors readers:
+checkpoints, caches, reports, tables, splits, exports, ensembles and downloads all use these
+helpers.
 """
 
 from __future__ import annotations
@@ -13,7 +15,10 @@ from __future__ import annotations
 import json
 import os
 import secrets
-from collections.abc import Callable, Mapping
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -82,6 +87,31 @@ def atomic_write_many(writes: Mapping[Path, Callable[[Path], object]]) -> None:
 def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     """Call `write(tmp_path)`, then rename tmp_path over `path` (removed if `write` fails)."""
     atomic_write_many({Path(path): write})
+
+
+@contextmanager
+def staged_directory(out: Path, purpose: str) -> Iterator[Path]:
+    """A temporary directory beside `out` (same file system; hidden, named after `purpose`),
+    renamed to `out` on success and removed on failure: `out` is never half-written, and its
+    old content (if any) goes only once the new one is complete."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.{purpose}-"))
+    except OSError as exc:  # e.g. a read-only file system
+        raise GptclfError(f"cannot write {out}: {exc.strerror or exc}") from None
+    try:
+        yield tmp
+        tmp.chmod(0o755)  # mkdtemp's 0700 is for the staging only
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{secrets.token_hex(4)}"
+            os.rename(out, old)
+            os.rename(tmp, out)
+            shutil.rmtree(old)
+        else:
+            os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def write_bytes(path: Path, data: bytes) -> Path:

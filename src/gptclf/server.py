@@ -332,7 +332,6 @@ def describe(
 ) -> dict[str, Any]:
     """What GET /info returns: model, labels, text columns, limits, headline metrics and the
     names of the run's plots served under /run/ (empty without the page)."""
-    info = classifier.info
     metrics = classifier.metrics or {}
     keys = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc", "pr_auc", "n")
     multi = {}
@@ -344,14 +343,7 @@ def describe(
             "label_sep": classifier.label_sep,  # the page's CSV joins labels as predict_file does
         }
     return {
-        "model": {
-            "base": info.base,
-            "train_model": info.train_config.get("model"),
-            "pool": info.pool,
-            "max_length": info.max_length,
-            "truncation": classifier.truncation,
-            "trainable": info.train_config.get("trainable"),
-        },
+        "model": classifier.model_card(),
         "labels": classifier.labels,
         **multi,
         "text_columns": classifier.text_columns,
