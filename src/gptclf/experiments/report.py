@@ -272,14 +272,21 @@ CV_RULE = (
 )
 
 
+def cv_able(exp: Experiment) -> bool:
+    """Whether `experiments run --cv` can score the row here and everywhere (rows that train
+    no network are not cross-validated yet; rows that cannot run anywhere are not named)."""
+    return exp.method in ("fit", "tfidf", "ensemble") and why_not_run(exp) is None
+
+
 def cv_choice(rows: list[Row]) -> list[str]:
     """Each question's winner, chosen by cross-validation only; its test accuracy after."""
     scored = sorted((r for r in rows if r.cv), key=lambda r: -r.cv_acc)
-    names = " ".join(r.exp.name for r in rows if not r.cv and not r.reference)
+    names = " ".join(r.exp.name for r in rows if not r.cv and not r.reference and cv_able(r.exp))
     if len(scored) < 2:
         return [
-            f"Chosen by cross-validation: not yet ({len(scored)} of these rows has a CV score; "
-            f"`gptclf experiments run {names or '...'} --cv` adds them)."
+            f"Chosen by cross-validation: not yet ({len(scored)} of these rows "
+            f"{'has' if len(scored) == 1 else 'have'} a CV score"
+            + (f"; `gptclf experiments run {names} --cv` adds them)." if names else ").")
         ]
     best, second = scored[0], scored[1]
     test = f"{fmt_pm(best.acc, best.acc_std)}% over {best.n} seeds" if best.n else "not run yet"
@@ -878,10 +885,10 @@ def write(
         rows = own + refs
         lines += ["", f"## {i}. {question.title}", "", question.text, ""]
         lines += table(rows + ([baseline] if baseline else []), experiments, reasons)
-        said = (
-            choice(own, experiments.get(REFERENCE))
-            if question.search
-            else cv_choice(rows) + answer(rows, baseline)
+        # the same rule everywhere: cross-validation chooses; a search without CV scores
+        # falls back to its validation split (and says so), never to the test split
+        said = cv_choice(own if question.search else rows) + (
+            choice(own, experiments.get(REFERENCE)) if question.search else answer(rows, baseline)
         )
         lines += ["", " ".join(said + size_trend(own))]
         draw = layers_chart if question.chart == "layers" else chart
