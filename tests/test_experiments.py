@@ -819,3 +819,13 @@ def test_depth_report_charts_accuracy_and_train_time_against_the_blocks_kept(tmp
     assert report.write(tmp_path / "results", out, table, questions) == [out]
     assert not chart.exists() and "depth.png" not in out.read_text()
     assert md.count("not run yet") == 3 and out.read_text().count("not run yet") == 5
+
+
+def test_a_pooled_seed_ensemble_needs_two_seeds():
+    from gptclf.experiments.ensembles import member_groups
+
+    row = Experiment("x", "ensemble", "x", method="ensemble", members=("a",), pool_seeds=True)
+    one = {"a": [{"seed": 1, "probabilities": [[1.0, 0.0]]}]}
+    assert member_groups(row, one) == []
+    two = {"a": [*one["a"], {"seed": 2, "probabilities": [[0.0, 1.0]]}]}
+    assert member_groups(row, two) == [(1, two["a"])]

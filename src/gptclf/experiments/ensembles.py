@@ -26,14 +26,15 @@ def member_groups(
     exp: Experiment, found: dict[str, list[dict[str, Any]]]
 ) -> list[tuple[int, list[dict[str, Any]]]]:
     """(seed, member results) per record of `exp`: the seeds every member has with
-    probabilities; with `pool_seeds`, one group of all of them under the first seed."""
+    probabilities; with `pool_seeds`, one group of all of them under the first seed (two
+    seeds at least)."""
     by_seed = [
         {r["seed"]: r for r in found.get(name, []) if r.get("probabilities")}
         for name in exp.members
     ]
     seeds = sorted(set.intersection(*(set(s) for s in by_seed))) if by_seed else []
     if exp.pool_seeds:
-        if not seeds:
+        if len(seeds) < 2:  # one seed "averaged" would be that run itself
             return []
         return [(seeds[0], [member[s] for member in by_seed for s in seeds])]
     return [(s, [member[s] for member in by_seed]) for s in seeds]
