@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from gptclf.experiments.runner import (
     default_cache_dir,
     default_results_dir,
     hardware,
+    read_record,
     skip_reason,
     versions,
 )
@@ -95,15 +95,8 @@ def load_cv_result(
     path: Path, exp: Experiment, seed: int, folds: int = DEFAULT_FOLDS
 ) -> dict[str, Any] | None:
     """The cached CV record if complete and made with exp's settings and `folds`, else None."""
-    try:
-        record = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        log.warning("%s: unreadable (%s); it does not count", path, exc)
-        return None
-    if not isinstance(record, dict) or any(k not in record for k in REQUIRED):
-        log.warning("%s: incomplete cross-validation result; it does not count", path)
+    record = read_record(path, REQUIRED, "cross-validation result")
+    if record is None:
         return None
     same = (record["format"], record["name"], record["seed"], record["folds"])
     if same != (FORMAT, exp.name, seed, folds):

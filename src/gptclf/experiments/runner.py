@@ -88,8 +88,9 @@ def _normalized(overrides: dict[str, Any]) -> Any:
     return json.loads(json.dumps(overrides))
 
 
-def load_result(path: Path, exp: Experiment, seed: int | None = None) -> dict[str, Any] | None:
-    """The cached result if complete and made with exp's current settings, else None."""
+def read_record(path: Path, required: tuple[str, ...], what: str) -> dict[str, Any] | None:
+    """A cached JSON record with every `required` key, else None (missing: silently; unreadable
+    or incomplete: with a warning, so a crash's leftovers are rerun)."""
     try:
         record = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -97,8 +98,16 @@ def load_result(path: Path, exp: Experiment, seed: int | None = None) -> dict[st
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         log.warning("%s: unreadable (%s); it does not count", path, exc)
         return None
-    if not isinstance(record, dict) or any(k not in record for k in REQUIRED):
-        log.warning("%s: incomplete result; it does not count", path)
+    if not isinstance(record, dict) or any(k not in record for k in required):
+        log.warning("%s: incomplete %s; it does not count", path, what)
+        return None
+    return record
+
+
+def load_result(path: Path, exp: Experiment, seed: int | None = None) -> dict[str, Any] | None:
+    """The cached result if complete and made with exp's current settings, else None."""
+    record = read_record(path, REQUIRED, "result")
+    if record is None:
         return None
     problem = _numbers_problem(record)
     if problem:
