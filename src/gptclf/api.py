@@ -306,6 +306,11 @@ class Classifier:
     ) -> tuple[LabeledTexts, LabeledTexts, LabeledTexts]:
         """The train, validation and test splits it was trained on, read with its table options
         unless ``encoding`` or ``delimiter`` is given (`gptclf evaluate` without --data)."""
+        if not self.info.train_config.get("data"):  # e.g. a classifier gptclf did not train
+            raise GptclfError(
+                f"{self.directory or 'this classifier'} does not record the data it was trained on: give the texts to "
+                "evaluate (--data FILE)"
+            )
         given = {"encoding": encoding, "delimiter": delimiter}
         given = {k: v for k, v in given.items() if v is not None}
         return splits_from_config({**self.info.train_config, **given})

@@ -140,6 +140,10 @@ def config_precision_unknown(tmp: Path, run: Path) -> None:
     _edit_config(run, lambda c: c["train_config"].update(precision="fp64"))
 
 
+def config_no_data(tmp: Path, run: Path) -> None:
+    _edit_config(run, lambda c: c["train_config"].update(data=None))
+
+
 def config_other_save(tmp: Path, run: Path) -> None:
     """config.json from another save than model.safetensors: what a save interrupted between
     its renames, or a file copied from another run, leaves."""
