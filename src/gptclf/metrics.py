@@ -112,6 +112,13 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return exp / exp.sum(axis=1, keepdims=True)
 
 
+def mean_probability_logits(members_probs: Sequence[Any]) -> np.ndarray:
+    """Logits (log probabilities) of the mean of several (N, C) probability arrays: an ensemble
+    scored by `logit_metrics` like any run (their softmax is the mean itself)."""
+    mean = np.mean([np.asarray(p, dtype=np.float64) for p in members_probs], axis=0)
+    return np.log(np.clip(mean, 1e-12, 1.0))
+
+
 def rounded_probabilities(probs: np.ndarray, digits: int = 6) -> list[list[float]]:
     """(N, C) probabilities as JSON-ready lists, rounded: results keep every text's, so ensembles
     of cached runs are scored without rerunning them (1e-6 cannot flip a decision that matters)."""

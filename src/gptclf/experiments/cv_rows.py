@@ -34,7 +34,12 @@ from gptclf.experiments.runner import (
     versions,
 )
 from gptclf.fileio import write_json
-from gptclf.metrics import logit_metrics, rounded_probabilities, softmax
+from gptclf.metrics import (
+    logit_metrics,
+    mean_probability_logits,
+    rounded_probabilities,
+    softmax,
+)
 
 log = logging.getLogger(__name__)
 DEFAULT_FOLDS = 5
@@ -196,8 +201,8 @@ def ensemble_cv_records(
         if len({(tuple(m["pool_labels"]), tuple(m["labels"])) for m in members}) > 1:
             log.warning("%s seed %d: members cross-validated other texts; left out", exp.name, seed)
             continue
-        mean = np.mean([np.asarray(m["probabilities"]) for m in members], axis=0)
-        pooled = logit_metrics(np.log(np.clip(mean, 1e-12, 1.0)), members[0]["pool_labels"])
+        log_probs = mean_probability_logits([m["probabilities"] for m in members])
+        pooled = logit_metrics(log_probs, members[0]["pool_labels"])
         out.append(
             {
                 "name": exp.name,

@@ -12,11 +12,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import numpy as np
-
 from gptclf.experiments.configs import Experiment
 from gptclf.experiments.records import split_key, splits_of, train_seconds, unseen_test_texts
-from gptclf.metrics import logit_metrics, misclassified, unseen_accuracy
+from gptclf.metrics import (
+    logit_metrics,
+    mean_probability_logits,
+    misclassified,
+    unseen_accuracy,
+)
 
 log = logging.getLogger(__name__)
 SPLITS = ("validation", "test")
@@ -75,8 +78,7 @@ def combine(exp: Experiment, seed: int, members: list[dict[str, Any]]) -> dict[s
     truth = {"validation": validation.labels, "test": test.labels}
     metrics: dict[str, Any] = {}
     for split in SPLITS:
-        mean = np.mean([np.asarray(m["probabilities"][split]) for m in members], axis=0)
-        log_probs = np.log(np.clip(mean, 1e-12, 1.0))
+        log_probs = mean_probability_logits([m["probabilities"][split] for m in members])
         metrics[split] = logit_metrics(log_probs, truth[split], first["labels"])
         if split == "test":
             metrics[split]["misclassified"] = misclassified(log_probs, truth[split])
