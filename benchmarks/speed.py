@@ -27,6 +27,15 @@ Benchmarks:
 - infer_*: messages/s classifying the SMS test set (300 messages) with GPT-2-small-shaped random
   weights, identical in every system: ours (bf16, fp32, int8 dynamic quantization) vs transformers'
   GPT2ForSequenceClassification (fp32 and bf16 autocast) and its `pipeline`.
+- infer_smollm2_*: messages/s of the main job's classifier (SmolLM2-135M, `--recipe smollm2`,
+  trained once into benchmarks/.work/main_smollm2) on the same 300 messages: ours is
+  `Classifier.predict`, what `gptclf predict` runs (`_ours`: the precision the CLI picks, bf16
+  where it is native, else fp32; `_ours_fp32`), against transformers' LlamaForSequenceClassification
+  in fp32 from `gptclf export --format hf` of that run (the same weights: the GGUF backbone as
+  gptclf dequantizes it + the trained blocks and head), called as a user writes it: batches of 32
+  in file order, `tok(batch, padding=True)`, `model(**enc)`. Both keep their probabilities, so the
+  report also shows how far the two agree. `*_avx2cap`: the same in a process whose kernels are
+  capped to AVX2 (`AVX2_CAP`), an approximation of an AVX2-only CPU on this one.
 - flops_ours: achieved GFLOP/s of steady-state training and inference vs the matmul peak measured
   in the same process.
 """
@@ -35,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import shutil
@@ -204,14 +214,19 @@ def _texts() -> list[str]:
     return load_splits("sms-spam", "book")[2].texts
 
 
-def _time_messages(classify, texts, reps: int = 3) -> dict:
+def _time_messages(classify, texts, reps: int = 3, keep: bool = False) -> dict:
+    """Messages/s of `classify(texts)`, median of `reps` passes after a warm-up batch; `keep`:
+    also the last pass's output (an (N, C) tensor of probabilities) to compare systems."""
     classify(texts[:32])  # warm-up
     times = []
     for _ in range(reps):
         start = time.perf_counter()
-        classify(texts)
+        out = classify(texts)
         times.append(time.perf_counter() - start)
-    return {"messages_per_second": len(texts) / statistics.median(times), "n": len(texts)}
+    result = {"messages_per_second": len(texts) / statistics.median(times), "n": len(texts)}
+    if keep:
+        result["probabilities"] = out.tolist()
+    return result
 
 
 def _our_classifier(precision: str, int8: bool = False):
@@ -306,6 +321,84 @@ def bench_infer_hf_pipeline() -> dict:
     model, tok = _hf_model_and_tokenizer()
     pipe = pipeline("text-classification", model=model, tokenizer=tok, device="cpu")
     return _time_messages(lambda texts: pipe(texts, batch_size=32, truncation=True), _texts())
+
+
+# ---------------------------------------------------------------- inference: the main job
+
+MAIN_RUN = WORK / "main_smollm2"
+MAIN_HF = WORK / "main_smollm2_hf"
+# One timed pass per process: a pass of the 300 messages takes 30 s or more on SmolLM2.
+SMOLLM2_REPS = 1
+# An AVX2-only CPU approximated on an AVX-512 one: ATen, oneDNN and MKL capped to AVX2 kernels.
+AVX2_CAP = {
+    "ATEN_CPU_CAPABILITY": "avx2",
+    "ONEDNN_MAX_CPU_ISA": "AVX2",
+    "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+}
+CAPPED = "_avx2cap"  # a benchmark name + this: run with AVX2_CAP
+
+
+def gptclf_cli(*args: str) -> None:
+    """`gptclf ARGS` in a child process (its memory is not the benchmark's peak RSS)."""
+    subprocess.run([sys.executable, "-m", "gptclf", *args], check=True)
+
+
+def main_smollm2_run() -> Path:
+    """The main job's classifier, trained once (`gptclf train --recipe smollm2`)."""
+    if not (MAIN_RUN / "metrics.json").exists():
+        gptclf_cli("train", "--recipe", "smollm2", "--out", str(MAIN_RUN), "--overwrite")
+    return MAIN_RUN
+
+
+def main_smollm2_hf() -> Path:
+    """`gptclf export --format hf` of the main job: a LlamaForSequenceClassification directory."""
+    if not (MAIN_HF / "model.safetensors").exists():
+        gptclf_cli("export", str(main_smollm2_run()), "--format", "hf", "--out", str(MAIN_HF))
+    return MAIN_HF
+
+
+def _smollm2_ours(precision: str | None) -> dict:
+    import torch
+
+    from gptclf.api import Classifier
+
+    clf = Classifier.load(main_smollm2_run(), precision=precision)
+
+    def classify(texts):  # what `gptclf predict` runs, its Prediction objects included
+        return torch.tensor(
+            [[p.probabilities[label] for label in clf.labels] for p in clf.predict(texts)]
+        )
+
+    result = _time_messages(classify, _texts(), SMOLLM2_REPS, keep=True)
+    return {**result, "precision": clf.precision}
+
+
+def bench_infer_smollm2_ours() -> dict:
+    return _smollm2_ours(None)  # the precision `gptclf predict` picks on this machine
+
+
+def bench_infer_smollm2_ours_fp32() -> dict:
+    return _smollm2_ours("fp32")
+
+
+def bench_infer_smollm2_hf_fp32() -> dict:
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(main_smollm2_hf())  # pads on the right: the export's
+    model = AutoModelForSequenceClassification.from_pretrained(
+        main_smollm2_hf(), dtype=torch.float32
+    ).eval()
+
+    @torch.inference_mode()
+    def classify(texts):
+        out = []
+        for i in range(0, len(texts), 32):
+            enc = tok(texts[i : i + 32], return_tensors="pt", padding=True, truncation=True)
+            out.append(model(**enc).logits.softmax(-1))
+        return torch.cat(out)
+
+    return {**_time_messages(classify, _texts(), SMOLLM2_REPS, keep=True), "precision": "fp32"}
 
 
 # ---------------------------------------------------------------- achieved FLOP/s
@@ -428,6 +521,12 @@ ORDER = [
     "infer_hf_fp32",
     "infer_hf_bf16",
     "infer_hf_pipeline",
+    "infer_smollm2_ours",
+    "infer_smollm2_ours_fp32",
+    "infer_smollm2_hf_fp32",
+    "infer_smollm2_ours" + CAPPED,
+    "infer_smollm2_ours_fp32" + CAPPED,
+    "infer_smollm2_hf_fp32" + CAPPED,
     "main_smollm2",
     "ch6_ours",
     "ch6_ours_book_recipe",
@@ -435,7 +534,7 @@ ORDER = [
     "ch6_book",
     "ch6_book_smollm2",
 ]
-BENCHMARKS = {name: globals()[f"bench_{name}"] for name in ORDER}
+BENCHMARKS = {name: globals()[f"bench_{name.removesuffix(CAPPED)}"] for name in ORDER}
 
 
 # ---------------------------------------------------------------- driver
@@ -450,10 +549,15 @@ def worker(name: str, out: Path) -> None:
     SEED = (
         123 + int(re.search(r"-rep(\d+)\.json$", out.name).group(1)) if "-rep" in out.name else 123
     )
+    if name.endswith(CAPPED) and torch.backends.cpu.get_cpu_capability() != "AVX2":
+        raise SystemExit(f"{name}: run it through `speed.py run` (it sets {', '.join(AVX2_CAP)})")
+    load_before = os.getloadavg()[0]
     start = time.perf_counter()
     result = BENCHMARKS[name]()
     result.update(
         name=name,
+        cpu_capability=torch.backends.cpu.get_cpu_capability(),
+        load_average=[load_before, os.getloadavg()[0]],
         seed=SEED,
         wall_seconds=time.perf_counter() - start,
         peak_rss_mib=peak_rss_mib(),
@@ -473,7 +577,10 @@ def run(reps: int, only: list[str] | None) -> None:
             if out.exists():
                 continue
             print(f"running {name} (repetition {rep + 1}/{reps})", flush=True)
-            subprocess.run([sys.executable, __file__, "worker", name, str(out)], check=True)
+            env = {**os.environ, **AVX2_CAP} if name.endswith(CAPPED) else None
+            subprocess.run(
+                [sys.executable, __file__, "worker", name, str(out)], check=True, env=env
+            )
 
 
 def load() -> dict[str, list[dict]]:
@@ -551,6 +658,16 @@ def targets(results: dict[str, list[dict]]) -> list[str]:
             lines.append(
                 f"| inference >= 3x transformers ({name}) | {r:.2f}x | {verdict(r >= 3)} |"
             )
+    for capped in ("", CAPPED):
+        hf = results.get(f"{SMOLLM2}hf_fp32{capped}")
+        for name in (f"{SMOLLM2}ours{capped}", f"{SMOLLM2}ours_fp32{capped}"):
+            if hf and results.get(name):
+                r = med(results[name], "messages_per_second") / med(hf, "messages_per_second")
+                kernels = "capped to AVX2" if capped else "native"
+                lines.append(
+                    f"| predict vs transformers, SmolLM2 backbone >= 3x ({name}, "
+                    f"{kernels} kernels) | {r:.2f}x | {verdict(r >= 3)} |"
+                )
     flops = results.get("flops_ours")
     if flops:
         peak = statistics.median(r["peak_gflops"]["bfloat16"] for r in flops)
@@ -573,6 +690,82 @@ def targets(results: dict[str, list[dict]]) -> list[str]:
 
 def fmt(value: float, digits: int = 1) -> str:
     return f"{value:,.{digits}f}"
+
+
+SMOLLM2 = "infer_smollm2_"
+
+
+def agreement(a: list[dict], b: list[dict]) -> str:
+    """Labels differing and the largest probability difference between two systems' outputs
+    (their first repetitions: each repetition's output is the same up to timing)."""
+    import torch
+
+    pa, pb = (torch.tensor(r[0]["probabilities"]) for r in (a, b))
+    differ = int((pa.argmax(-1) != pb.argmax(-1)).sum())
+    return f"{differ} of {len(pa)} labels differ, max abs Δp {(pa - pb).abs().max():.1e}"
+
+
+def smollm2_inference_section(results: dict[str, list[dict]]) -> list[str]:
+    """The main job's classifier: gptclf `predict` against transformers in fp32."""
+    names = [n for n in ORDER if n.startswith(SMOLLM2)]
+    if not any(results.get(n) for n in names):
+        return []
+    lines = [
+        "",
+        "## Inference: the main job's classifier (SmolLM2-135M), SMS test set (300 messages)",
+        "",
+        "gptclf: `Classifier.predict`, what `gptclf predict RUN` runs (tokenization, batches of 32",
+        "sorted by length, softmax and Prediction objects included), on the run of",
+        "`gptclf train --recipe smollm2` (benchmarks/.work/main_smollm2); `ours` is the precision the",
+        "CLI picks (bf16 where it is native, else fp32). transformers: `gptclf export RUN --format",
+        "hf` of that run (the GGUF backbone as gptclf dequantizes it, the trained blocks and head)",
+        "loaded by `AutoModelForSequenceClassification` in fp32 and called as a user writes it:",
+        "batches of 32 in file order, `tok(batch, padding=True, truncation=True)`, `model(**enc)`,",
+        "softmax. One timed pass after a 32-message warm-up per process. Kernels: native",
+        "(AVX-512, native bf16) or capped to AVX2 in that process (`ATEN_CPU_CAPABILITY=avx2",
+        "ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2`): an AVX512 machine capped to AVX2",
+        "kernels, an approximation of an AVX2-only CPU, not one's figures. Load average: the",
+        "1-minute one before and after each process, the range over repetitions (the machine's",
+        "2 cores were shared with other jobs where it is above ~1).",
+        "",
+        "| system | kernels | precision | reps | messages/s | vs transformers fp32 (same kernels) "
+        "| peak RSS MiB | load average |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name in names:
+        recs = results.get(name)
+        capped = name.endswith(CAPPED)
+        kernels = "capped to AVX2" if capped else "native"
+        if not recs:
+            lines.append(f"| {name} | {kernels} | not run | | | | | |")
+            continue
+        hf = results.get(f"{SMOLLM2}hf_fp32{CAPPED if capped else ''}")
+        ratio = med(recs, "messages_per_second") / med(hf, "messages_per_second") if hf else None
+        loads = [x for r in recs for x in r.get("load_average", [])]
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    name,
+                    kernels,
+                    "/".join(sorted({r["precision"] for r in recs})),
+                    str(len(recs)),
+                    fmt(med(recs, "messages_per_second")),
+                    f"{ratio:.2f}x" if ratio else "-",
+                    fmt(med(recs, "peak_rss_mib"), 0),
+                    f"{min(loads):.1f}-{max(loads):.1f}" if loads else "-",
+                ]
+            )
+            + " |"
+        )
+    pairs = [(f"{SMOLLM2}ours_fp32{c}", f"{SMOLLM2}hf_fp32{c}") for c in ("", CAPPED)] + [
+        (f"{SMOLLM2}ours{c}", f"{SMOLLM2}hf_fp32{c}") for c in ("", CAPPED)
+    ]
+    compared = [(a, b) for a, b in pairs if results.get(a) and results.get(b)]
+    if compared:
+        lines += ["", "Do both compute the same thing? Predictions on the 300 messages:", ""]
+        lines += [f"- {a} vs {b}: {agreement(results[a], results[b])}" for a, b in compared]
+    return lines
 
 
 def render(results: dict[str, list[dict]]) -> str:
@@ -642,7 +835,7 @@ def render(results: dict[str, list[dict]]) -> str:
         "|---|---|---|---|---|",
     ]
     hf = results.get("infer_hf_fp32")
-    for name in (n for n in ORDER if n.startswith("infer_")):
+    for name in (n for n in ORDER if n.startswith("infer_") and not n.startswith(SMOLLM2)):
         recs = results.get(name)
         if not recs:
             lines.append(row(name, "not run", "", "", ""))
@@ -657,6 +850,7 @@ def render(results: dict[str, list[dict]]) -> str:
                 fmt(med(recs, "peak_rss_mib"), 0),
             )
         )
+    lines += smollm2_inference_section(results)
     flops = results.get("flops_ours")
     if flops:
         peak_bf16 = statistics.median(r["peak_gflops"]["bfloat16"] for r in flops)
