@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,7 @@ from gptclf.errors import GptclfError
 from gptclf.fileio import read_json_object
 from gptclf.inference import predict_logits, resolve_precision
 from gptclf.metrics import logit_metrics, multilabel_logit_metrics, sigmoid
+from gptclf.quantize import quantize_linears
 from gptclf.tokenizer import Tokenizer
 from gptclf.train_config import AT_LEAST_1, check_number
 
@@ -102,13 +102,7 @@ class Classifier:
                 "predicting in %s on %s (bf16 only where it is native)", self.precision, device
             )
         if self.precision == "int8":
-            # torch 2.13 marks torch.ao.quantization deprecated (successor: torchao); it still
-            # works and is what the issue asks for, so keep users' stderr clean.
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                self.model = torch.ao.quantization.quantize_dynamic(
-                    model, {torch.nn.Linear}, dtype=torch.qint8
-                )
+            self.model = quantize_linears(model)
 
     @classmethod
     def load(cls, directory: str | Path, precision: str | None = None) -> Classifier:

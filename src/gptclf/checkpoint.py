@@ -18,6 +18,7 @@ Loading (`load_classifier`: the one path of `Classifier.load`, evaluate, predict
 export) checks each file and the files against each other: config.json's fields and types, labels
 vs the head's rows, the model config vs every tensor's name, shape and dtype, the tokenizer's ids
 vs the embedding. A problem is one GptclfError naming the file. Nothing is ever unpickled.
+A checkpoint trained with `--int8-prefix` gets the same frozen blocks in int8 again (quantize.py).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from gptclf.fileio import (
 )
 from gptclf.lm import build_backbone
 from gptclf.lora import apply_lora
+from gptclf.quantize import requantize_prefix
 from gptclf.tokenizer import TOKENIZER_FILE, Tokenizer, split_prompt
 from gptclf.train_config import TrainConfig
 from gptclf.weights.strict import assign_state_dict
@@ -258,7 +260,7 @@ def check_train_config(train: dict[str, Any], where: str) -> None:
     """The training settings that loading and inference read (the rest is a record)."""
     hints = typing.get_type_hints(TrainConfig)
     read = ("model", "trainable", "text_columns", "label_column", "label_sep", "truncation")
-    for key in (*read, "precision", "prompt"):
+    for key in (*read, "precision", "prompt", "int8_prefix"):
         if key in train:
             check_type(train[key], hints[key], f"{where}.{key}")
     if "precision" in train:
@@ -415,6 +417,8 @@ def load_classifier(directory: Path) -> tuple[SequenceClassifier, Tokenizer, Cla
     assign_state_dict(model, state, str(directory / WEIGHTS_FILE))
     model.backbone.init_buffers()
     model.eval()
+    if info.train_config.get("int8_prefix"):  # as it trained: see quantize.py
+        requantize_prefix(model, info.train_config.get("trainable", "all"), directory)
     tokenizer = Tokenizer.load(directory)
     check_vocabulary(directory, tokenizer, info)
     if (directory / METRICS_FILE).exists():  # optional; read by the server's /info

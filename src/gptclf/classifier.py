@@ -154,7 +154,22 @@ def _last_n(spec: str) -> int | None:
 
 
 def set_trainable(model: SequenceClassifier, spec: str) -> tuple[int, int]:
-    """Freeze everything, then unfreeze by `spec`; returns (trainable, total) parameter counts.
+    """`freeze(model, spec)`, logged; returns (trainable, total) parameter counts."""
+    freeze(model, spec)
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    n_total = sum(p.numel() for p in model.parameters())
+    log.info(
+        "trainable parameters: %s of %s (%.2f%%), spec %s",
+        f"{n_trainable:,}",
+        f"{n_total:,}",
+        100 * n_trainable / n_total,
+        spec,
+    )
+    return n_trainable, n_total
+
+
+def freeze(model: SequenceClassifier, spec: str) -> None:
+    """Freeze everything, then unfreeze by `spec`.
 
     head: the class head only. last_N: the last N blocks + the final norm + head (the book trains
     the final norm with the last block). all: everything. lora: the LoRA adapters + head (after
@@ -179,13 +194,16 @@ def set_trainable(model: SequenceClassifier, spec: str) -> tuple[int, int]:
         for module in trainable:
             for p in module.parameters():
                 p.requires_grad = True
-    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    n_total = sum(p.numel() for p in model.parameters())
-    log.info(
-        "trainable parameters: %s of %s (%.2f%%), spec %s",
-        f"{n_trainable:,}",
-        f"{n_total:,}",
-        100 * n_trainable / n_total,
-        spec,
-    )
-    return n_trainable, n_total
+
+
+def first_trainable_block(model: SequenceClassifier) -> int:
+    """The blocks below the first one with a trainable parameter: the frozen prefix (0 where
+    anything before block 0, the embeddings, trains; every block where none trains)."""
+    backbone = model.backbone
+    below_blocks = (p for n, p in backbone.named_parameters() if not n.startswith(("h.", "ln_f.")))
+    if any(p.requires_grad for p in below_blocks):
+        return 0  # trainable embeddings: nothing before block 0 is fixed
+    for i, block in enumerate(backbone.h):
+        if any(p.requires_grad for p in block.parameters()):
+            return i
+    return len(backbone.h)

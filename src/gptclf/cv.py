@@ -51,6 +51,7 @@ from gptclf.fileio import read_json, write_json
 from gptclf.inference import autocast, resolve_precision
 from gptclf.metrics import logit_metrics
 from gptclf.prefix_cache import PrefixCache, build_caches, cache_start
+from gptclf.quantize import int8_prefix_runs
 from gptclf.train_config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,8 @@ def cross_validate(
     device = train.resolve_device(cfg.device)
     if cfg.precision == "auto":
         cfg = dataclasses.replace(cfg, precision=resolve_precision("auto", device))
+    if cfg.int8_prefix and not int8_prefix_runs(device):
+        cfg = dataclasses.replace(cfg, int8_prefix=False)
     inner = cfg.select == "best" or cfg.patience is not None
     record = new_record(cfg, folds, pool, assignment, inner)
     done = previous_folds(cfg, record) if cfg.resume else {}

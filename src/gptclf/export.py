@@ -55,7 +55,13 @@ def export(
         raise GptclfError("--int8 quantizes ONNX models only (--format onnx)")
     run, out = Path(run), Path(out)
     refuse_ensemble(run)
-    read_info(run)  # a non-checkpoint fails here, before anything is loaded
+    info = read_info(run)  # a non-checkpoint fails here, before anything is loaded
+    if info.train_config.get("int8_prefix"):
+        raise GptclfError(
+            f"{run} was trained with --int8-prefix: its classifier reads features of int8 "
+            f"blocks, which an {format} export (fp32) would not compute; train without "
+            "--int8-prefix to export"
+        )
     check_out(run, out, force)
     model, tokenizer, info = load_classifier(run)
     merge_lora(model)  # adapters folded into plain linears: both formats know only those

@@ -13,8 +13,8 @@ Where that would be wrong, `cache_start` returns None and training runs uncached
 
 With `store_dir`, the states are also kept on disk (safetensors, written atomically), under a key
 hashing everything they depend on: the frozen weights' bytes, the model config, the mask mode,
-the autocast, the batching and every token id. Seeds and rows that share a frozen prefix (the
-experiment runner's) then compute it once.
+the autocast, the blocks run in int8 (`--int8-prefix`), the batching and every token id. Seeds
+and rows that share a frozen prefix (the experiment runner's) then compute it once.
 """
 
 from __future__ import annotations
@@ -33,8 +33,9 @@ from torch.nn.utils.rnn import pad_sequence
 
 from gptclf import distributed
 from gptclf.batching import Batch, sorted_batches
-from gptclf.classifier import SequenceClassifier
+from gptclf.classifier import SequenceClassifier, first_trainable_block
 from gptclf.fileio import atomic_write
+from gptclf.quantize import int8_blocks
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +49,7 @@ def cache_start(model: SequenceClassifier, fixed_length: bool) -> int | None:
         return None
     if not fixed_length and model.pool_mode == "last":
         return None
-    below_blocks = (p for n, p in backbone.named_parameters() if not n.startswith(("h.", "ln_f.")))
-    if any(p.requires_grad for p in below_blocks):
-        return None  # trainable embeddings: nothing before block 0 is fixed
-    for i, block in enumerate(backbone.h):
-        if any(p.requires_grad for p in block.parameters()):
-            return i if i > 0 else None
-    return len(backbone.h)
+    return first_trainable_block(model) or None
 
 
 class PrefixCache:
@@ -168,6 +163,8 @@ def store_key(
     # `last` pooling runs the backbone without a mask (classifier.backbone_mask).
     h.update(repr((start, model.pool_mode == "last")).encode())
     h.update(repr(sorted(settings.items())).encode())
+    if blocks := int8_blocks(model):  # --int8-prefix: what they compute is not the fp32 states
+        h.update(repr(("int8_prefix", blocks)).encode())
     h.update(torch.__version__.encode())
     frozen = dict(model.backbone.named_parameters()) | dict(model.backbone.named_buffers())
     for name, tensor in sorted(frozen.items()):

@@ -47,6 +47,7 @@ from gptclf.metrics import (
     unseen_accuracy,
 )
 from gptclf.prefix_cache import PrefixCache, build_caches, cache_start, gather_cache
+from gptclf.quantize import int8_prefix_runs, quantize_prefix
 from gptclf.train_config import RECIPES, TrainConfig
 
 __all__ = ["RECIPES", "TrainConfig", "TrainParts", "fit", "make_optimizer"]
@@ -179,6 +180,8 @@ def fit_run(cfg: TrainConfig, parts: TrainParts | None = None) -> Run:
     if cfg.precision == "auto":  # what ran is what the checkpoint and metrics record
         cfg = dataclasses.replace(cfg, precision=resolve_precision("auto", device))
         log.info("precision auto: %s on %s", cfg.precision, device)
+    if cfg.int8_prefix and not int8_prefix_runs(device):  # recorded as it ran
+        cfg = dataclasses.replace(cfg, int8_prefix=False)
     try:
         run = prepare(cfg, d, device, parts or TrainParts())
         run.generator.manual_seed(cfg.seed)
@@ -230,6 +233,8 @@ def prepare(cfg: TrainConfig, d: Dist, device: torch.device, parts: TrainParts) 
         drop_head_bias(model)
     lora = add_adapters(model, cfg)
     trainable = set_trainable(model, cfg.trainable)
+    if cfg.int8_prefix:  # before the prefix cache: it stores what the int8 blocks compute
+        quantize_prefix(model)
     info = ClassifierInfo(
         lm.config,
         label_names,

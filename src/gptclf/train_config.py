@@ -205,6 +205,12 @@ class TrainConfig:
         "natively (AVX-512/AMX, Arm BF16, CUDA), else fp32",
         choices=choices.PRECISIONS,
     )
+    int8_prefix: bool = option(
+        False,
+        "run the frozen blocks below the trained ones in int8 (per-channel weight and "
+        "per-token activation scales; CPU only, else fp32 with a warning); evaluate, predict "
+        "and serve quantize them the same way, export refuses such a checkpoint",
+    )
     device: str = option("auto", "auto | cpu | cuda | cuda:N")
     cache: bool = option(
         True,

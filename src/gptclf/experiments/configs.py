@@ -109,9 +109,11 @@ QUESTIONS: dict[str, Question] = {
         references=("smollm2",),
     ),
     "precision": Question(
-        "Does bf16 cost accuracy?",
+        "Does lower precision cost accuracy?",
         "The rows train in fp32; the recipe's run under bf16 autocast (fp32 master weights), "
-        "which `--precision auto` picks where the CPU or GPU has native bf16.",
+        "which `--precision auto` picks where the CPU or GPU has native bf16, and with its "
+        "frozen blocks in int8 (`--int8-prefix`: the prefix cache holds what they compute, and "
+        "inference quantizes them the same way).",
         references=("smollm2",),
     ),
     "train_data": Question(
@@ -429,6 +431,11 @@ EXPERIMENTS_LIST: list[Experiment] = [
         "smollm2-bf16", "precision", "SmolLM2 recipe in bf16", _smollm2(precision="bf16"),
         cpu_minutes=1.5,
         note="bf16 autocast: 1.5 min per seed where bf16 is native, 7x slower where emulated",
+    ),
+    Experiment(
+        "smollm2-int8-prefix", "precision", "SmolLM2 recipe, frozen blocks in int8",
+        _smollm2(int8_prefix=True), cpu_minutes=SMOLLM2_MINUTES,
+        note="blocks 0-27 int8 (per-channel weights, per-token activations), the top two fp32",
     ),
     # 9. More training data: the rows the book's undersampling leaves out
     Experiment(
