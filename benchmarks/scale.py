@@ -19,7 +19,9 @@ the full recipe is about 30/8 x the prefix pass plus 5 epochs of the two trained
 TF-IDF baseline is left out: it is not what is measured. `--budget-mb` passes
 `--cache-budget-mb` (default: gptclf's, 2,048 MiB), to force a spill.
 
-Measured: wall time (process start to exit), peak resident memory of the training process
+Measured: wall time (process start to exit), CPU time (user + system, of the training process:
+on a machine shared with other jobs, wall time stretches with their load, CPU time much less;
+linearity is judged on it), peak resident memory of the training process
 (`os.wait4`'s ru_maxrss: the kernel's high-water mark of that process alone), tokens (the
 prefix cache's count from the run's log: every text of every split, as padded: dynamic padding
 keeps the real tokens), seconds per 1,000 texts and per 1M tokens, test accuracy, and where the
@@ -108,6 +110,7 @@ def measure(n: int, budget_mb: float | None) -> dict[str, Any]:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage
     seconds = time.perf_counter() - began
+    cpu_seconds = usage.ru_utime + usage.ru_stime  # what the load of other jobs barely changes
     proc.returncode = os.waitstatus_to_exitcode(status)
     text = log_path.read_text()
     if proc.returncode != 0:
@@ -124,6 +127,8 @@ def measure(n: int, budget_mb: float | None) -> dict[str, Any]:
         "tokens": tokens,
         "seconds_per_1k_texts": 1000 * seconds / n,
         "seconds_per_1m_tokens": 1e6 * seconds / tokens if tokens else None,
+        "cpu_seconds": cpu_seconds,
+        "cpu_seconds_per_1m_tokens": 1e6 * cpu_seconds / tokens if tokens else None,
         "train_seconds": metrics["train_seconds"],
         "cache_seconds": metrics["cache_seconds"],
         "test_accuracy": metrics["test"]["accuracy"],
@@ -172,6 +177,7 @@ def format_row(r: dict[str, Any]) -> str:
     return (
         f"{r['texts']:>7,} texts {r['tokens'] or 0:>10,} tokens {r['wall_seconds']:>8.0f} s "
         f"{r['seconds_per_1k_texts']:>6.1f} s/1k texts {per_m or 0:>7.0f} s/1M tokens "
+        f"CPU {r['cpu_seconds']:>7.0f} s = {r['cpu_seconds_per_1m_tokens'] or 0:>6.0f} s/1M tokens "
         f"{r['peak_rss_mib']:>7.0f} MiB peak  acc {100 * r['test_accuracy']:.2f}%  "
         f"cache {r['cache']} ({r['cache_dtype']})"
     )
