@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import struct
 from collections.abc import Sequence
@@ -40,16 +41,19 @@ def layout(
     entries: dict[str, object] = {
         "__metadata__": {"format": "1", "build_seconds": f"{build_seconds:0{SECONDS_WIDTH}.3f}"}
     }
-    end = 0
-    for name, ns in lengths.items():
-        entries[f"{name}.lengths"] = {"dtype": "I64", "shape": [len(ns)], "data_offsets": [end, end + 8 * len(ns)]}  # fmt: skip
-        end += 8 * len(ns)
-    starts = {}
-    for name, ns in lengths.items():
-        size = sum(ns) * d * dtype.itemsize
-        entries[f"{name}.states"] = {"dtype": DTYPES[dtype], "shape": [sum(ns), d], "data_offsets": [end, end + size]}  # fmt: skip
-        starts[name] = end
+    end, starts = 0, {}
+
+    def add(key: str, kind: torch.dtype, shape: list[int]) -> None:
+        nonlocal end
+        size = kind.itemsize * math.prod(shape)
+        entries[key] = {"dtype": DTYPES[kind], "shape": shape, "data_offsets": [end, end + size]}
         end += size
+
+    for name, ns in lengths.items():
+        add(f"{name}.lengths", torch.int64, [len(ns)])
+    for name, ns in lengths.items():
+        starts[name] = end
+        add(f"{name}.states", dtype, [sum(ns), d])
     text = json.dumps(entries, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)
     header = struct.pack("<Q", len(text)) + text
@@ -178,10 +182,10 @@ def open_rows(
         header = _read_header(file)
         tensors = {k: v for k, v in header.items() if k != "__metadata__"}
         data_start = 8 + int.from_bytes(_read_exactly(file, 0, 8), "little")
-        ends = [v["data_offsets"][1] for v in tensors.values()]
+        expected = data_start + max((v["data_offsets"][1] for v in tensors.values()), default=0)
         size = os.fstat(file.fileno()).st_size
-        if size != data_start + max(ends, default=0):
-            raise ValueError(f"{size} bytes where the header says {data_start + max(ends)}")
+        if size != expected:
+            raise ValueError(f"{size} bytes where the header says {expected}")
         rows = {}
         for name, ns in lengths.items():
             stored = _tensor(file, data_start, tensors, f"{name}.lengths", torch.int64, [len(ns)])
