@@ -58,6 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ch6_gap  # noqa: E402
 import ch6_setup  # noqa: E402
 import export_onnx  # noqa: E402
+import scale  # noqa: E402
 import serve_load  # noqa: E402
 from ch6_setup import EPOCHS, WORK, book_gpt2_classifier  # noqa: E402
 
@@ -905,6 +906,7 @@ def render(results: dict[str, list[dict]]) -> str:
     lines += ch6_gap.section(results)
     lines += export_onnx.section()
     lines += serve_load.section()
+    lines += scale.section()
     return "\n".join(lines) + "\n"
 
 

@@ -50,7 +50,7 @@ from gptclf.errors import GptclfError
 from gptclf.fileio import read_json, write_json
 from gptclf.inference import autocast, resolve_precision
 from gptclf.metrics import logit_metrics
-from gptclf.prefix_cache import PrefixCache, build_caches, cache_start
+from gptclf.prefix_cache import PrefixCache, build_caches, cache_start, spill_space
 from gptclf.quantize import int8_prefix_runs
 from gptclf.train_config import TrainConfig
 
@@ -87,25 +87,27 @@ def cross_validate(
     base = train.load_model(cfg, d)
     base.model.lm_head = None  # every fold's classifier drops it: not copied k times
     enc = train.encode_splits(cfg, base, {"train": pool})  # fixed padding: longest of all
-    shared = SharedPrefix(enc.ids["train"])
     fold_cfg = dataclasses.replace(cfg, out=None, resume=False, report=False, baseline=False)
-    for k in range(folds):
-        if k in done:
-            record["per_fold"].append(done[k])
-            continue
-        index = fold_indices(pool, assignment, k, share if inner else None, split_seed, cfg)
-        fold_parts = dataclasses.replace(
-            parts or train.TrainParts(),
-            splits=lambda _cfg, index=index: [pool.subset(index[s]) for s in train.SPLITS],
-            lm=lambda _cfg, _d: dataclasses.replace(base, model=copy.deepcopy(base.model)),
-            encode=lambda _cfg, _lm, _data, index=index: fold_encoded(enc, index),
-            prefix_cache=functools.partial(shared.attach, index=index),
-        )
-        log.info("fold %d of %d: %s", k + 1, folds, {s: len(i) for s, i in index.items()})
-        record["per_fold"].append(
-            fold_result(k, index, *train_fold(fold_cfg, d, device, fold_parts))
-        )
-        save(cfg, record, shared, started)
+    with spill_space(cfg.out) as spill_dir:  # the folds share one spilled cache, if any
+        shared = SharedPrefix(enc.ids["train"], spill_dir)
+        for k in range(folds):
+            if k in done:
+                record["per_fold"].append(done[k])
+                continue
+            index = fold_indices(pool, assignment, k, share if inner else None, split_seed, cfg)
+            fold_parts = dataclasses.replace(
+                parts or train.TrainParts(),
+                splits=lambda _cfg, index=index: [pool.subset(index[s]) for s in train.SPLITS],
+                lm=lambda _cfg, _d: dataclasses.replace(base, model=copy.deepcopy(base.model)),
+                encode=lambda _cfg, _lm, _data, index=index: fold_encoded(enc, index),
+                prefix_cache=functools.partial(shared.attach, index=index),
+            )
+            log.info("fold %d of %d: %s", k + 1, folds, {s: len(i) for s, i in index.items()})
+            record["per_fold"].append(
+                fold_result(k, index, *train_fold(fold_cfg, d, device, fold_parts))
+            )
+            save(cfg, record, shared, started)
+        shared.close()
     record["complete"] = True
     return save(cfg, record, shared, started, final=True, pool=pool)
 
@@ -204,8 +206,8 @@ class SharedPrefix:
     """The frozen prefix's states of every pool text: computed (or read from --cache-dir) when
     the first fold needs them, then gathered by every fold (`attach`, its prefix_cache part)."""
 
-    def __init__(self, pool_ids: list[list[int]]):
-        self.pool_ids = pool_ids
+    def __init__(self, pool_ids: list[list[int]], spill_dir: Path | None = None):
+        self.pool_ids, self.spill_dir = pool_ids, spill_dir
         self.cache: PrefixCache | None = None
         self.tried = False  # a cache over budget is not tried again per fold
         self.passes = 0  # prefix passes over the pool (tests: exactly one)
@@ -226,21 +228,21 @@ class SharedPrefix:
                 batch_size=cfg.eval_batch_size,
                 autocast=lambda: autocast(run.device, cfg.precision),
                 precision=cfg.precision,
+                budget_bytes=int(cfg.cache_budget_mb * 1024**2),
                 store_dir=Path(cfg.cache_dir) if cfg.cache_dir else None,
+                spill_dir=self.spill_dir,
             )
             self.cache = caches["pool"] if caches else None
             self.passes += bool(self.cache is not None and self.cache.read_from is None)
         if start is not None and self.cache is not None:
-            pool = self.cache
-            run.caches = {
-                name: PrefixCache(
-                    [pool.states[i] for i in idx], start, pool.read_from, pool.build_seconds
-                )
-                for name, idx in index.items()
-            }
+            run.caches = {name: self.cache.subset(idx) for name, idx in index.items()}
             run.caches["train_shard"] = run.caches["train"]  # one process: the whole split
             run.cache_block = start
         run.cache_seconds = time.perf_counter() - run.train_start
+
+    def close(self) -> None:
+        if self.cache is not None:
+            self.cache.close()
 
     def summary(self) -> dict[str, Any] | None:
         if self.cache is None:
@@ -248,6 +250,8 @@ class SharedPrefix:
         return {
             "from_block": self.cache.start,
             "status": "read" if self.cache.read_from else "computed",
+            "storage": "spilled" if self.cache.spilled else "memory",
+            "dtype": str(self.cache.dtype).removeprefix("torch."),
             "build_seconds": self.cache.build_seconds,
         }
 

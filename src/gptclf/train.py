@@ -46,7 +46,14 @@ from gptclf.metrics import (
     tune_thresholds,
     unseen_accuracy,
 )
-from gptclf.prefix_cache import PrefixCache, build_caches, cache_start, gather_cache
+from gptclf.prefix_cache import (
+    PrefixCache,
+    build_caches,
+    cache_start,
+    close_caches,
+    gather_cache,
+    spill_space,
+)
 from gptclf.quantize import int8_prefix_runs, quantize_prefix
 from gptclf.train_config import RECIPES, TrainConfig
 
@@ -142,6 +149,7 @@ class Run:
     wrapped: nn.Module | None = None  # what training steps call (DDP, FSDP, compiled)
     optimizer: torch.optim.Optimizer | None = None
     caches: dict[str, PrefixCache] = field(default_factory=dict)
+    spill_dir: Path | None = None  # where a cache over the memory budget may be written
     cache_block: int | None = None
     cache_seconds: float = 0.0
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -183,20 +191,22 @@ def fit_run(cfg: TrainConfig, parts: TrainParts | None = None) -> Run:
     if cfg.int8_prefix and not int8_prefix_runs(device):  # recorded as it ran
         cfg = dataclasses.replace(cfg, int8_prefix=False)
     try:
-        run = prepare(cfg, d, device, parts or TrainParts())
-        run.generator.manual_seed(cfg.seed)
-        first = resume.restore(run) if cfg.resume else resume.start_fresh(run)
-        with resume.interruptible(run):
-            for epoch in range(first, cfg.epochs + 1):
-                stats = train_epoch(run, epoch)
-                keep_if_best(run, epoch, stats, validate(run))
-                run.tally = Tally()
-                resume.save(run, epoch + 1, 0)
-                if run.stop_signal:
-                    raise resume.stop(run, epoch + 1, 0)
-                if stop_early(run, epoch):
-                    break
-        run.metrics = finish(run, started)
+        with spill_space(cfg.out) as spill_dir:
+            run = prepare(cfg, d, device, parts or TrainParts(), spill_dir)
+            run.generator.manual_seed(cfg.seed)
+            first = resume.restore(run) if cfg.resume else resume.start_fresh(run)
+            with resume.interruptible(run):
+                for epoch in range(first, cfg.epochs + 1):
+                    stats = train_epoch(run, epoch)
+                    keep_if_best(run, epoch, stats, validate(run))
+                    run.tally = Tally()
+                    resume.save(run, epoch + 1, 0)
+                    if run.stop_signal:
+                        raise resume.stop(run, epoch + 1, 0)
+                    if stop_early(run, epoch):
+                        break
+            run.metrics = finish(run, started)
+            close_caches(run.caches)  # a spilled cache's file, before its directory goes
         resume.finished(run)
         return run
     finally:
@@ -218,8 +228,15 @@ def stop_early(run: Run, epoch: int) -> bool:
     return True
 
 
-def prepare(cfg: TrainConfig, d: Dist, device: torch.device, parts: TrainParts) -> Run:
-    """Splits, token ids, the classifier with its trainable part, caches, wrapping, optimizer."""
+def prepare(
+    cfg: TrainConfig,
+    d: Dist,
+    device: torch.device,
+    parts: TrainParts,
+    spill_dir: Path | None = None,
+) -> Run:
+    """Splits, token ids, the classifier with its trainable part, caches (spilled to `spill_dir`
+    if over the memory budget), wrapping, optimizer."""
     data = dict(zip(SPLITS, (parts.splits or config_splits)(cfg), strict=True))
     lm = (parts.lm or load_model)(cfg, d)
     enc = (parts.encode or encode_splits)(cfg, lm, data)
@@ -258,7 +275,7 @@ def prepare(cfg: TrainConfig, d: Dist, device: torch.device, parts: TrainParts) 
         cfg, d, device, parts, data, lm, enc, model, info, trainable, weights, eval_ids,
         global_batch, train_start=time.perf_counter(),
         loss_weights_on_device=None if weights is None else weights.to(device),
-        class_weights=loss_weights,
+        class_weights=loss_weights, spill_dir=spill_dir,
     )  # fmt: skip
     (parts.prefix_cache or add_prefix_cache)(run)  # before wrapping: FSDP shards frozen blocks
     run.wrapped = distributed.wrap(model, d, device)
@@ -395,8 +412,12 @@ def add_prefix_cache(run: Run) -> None:
             batch_size=cfg.eval_batch_size,
             autocast=lambda: autocast(run.device, cfg.precision),
             precision=cfg.precision,
+            budget_bytes=int(cfg.cache_budget_mb * 1024**2),
             store_dir=Path(cfg.cache_dir) if cfg.cache_dir else None,
+            spill_dir=None if run.d.enabled else run.spill_dir,
         )
+        if caches is None and run.d.enabled:
+            log.info("under torchrun a prefix cache over --cache-budget-mb is not spilled to disk")
         if caches:  # training batches reshuffle every epoch: every rank needs all of them
             caches["train_shard"] = caches["train"]  # for the final evaluation of this shard
             caches["train"] = gather_cache(caches["train"], len(run.enc.ids["train"]), run.d)
@@ -617,6 +638,11 @@ def finish(run: Run, started: float) -> dict[str, Any]:
         # "read": the states came from --cache-dir, so train_seconds leaves out computing them;
         # cache_build_seconds is what computing them took in the run that did.
         prefix_cache=(None if not caches else "read" if caches["train"].read_from else "computed"),
+        # "memory", or "spilled": over --cache-budget-mb, read from a file batch by batch
+        prefix_cache_storage=(
+            None if not caches else "spilled" if caches["train"].spilled else "memory"
+        ),
+        prefix_cache_dtype=str(caches["train"].dtype).removeprefix("torch.") if caches else None,
         cache_build_seconds=caches["train"].build_seconds if caches else None,
         trainable_params=run.trainable[0],
         total_params=run.trainable[1],

@@ -33,6 +33,8 @@ def option(default: Any, help: str = "", **cli: Any) -> Any:
 # Every run replaces this one (`gptclf train` with no --out); another --out that holds a run needs
 # --resume or --overwrite (out_dir.py).
 DEFAULT_OUT = "runs/latest"
+# Memory for the frozen-prefix cache before it spills to disk (prefix_cache.py).
+CACHE_BUDGET_MB = 1024  # 50,000 SMS-length texts spill (bf16 ~2 GiB): peak RSS stays ~1.2 GiB
 
 
 def unescape_newlines(text: str) -> str:
@@ -222,6 +224,13 @@ class TrainConfig:
         "also keep the frozen-prefix cache in this folder, keyed by weights, settings and "
         "texts: later runs with the same frozen prefix (other seeds, heads, lrs) skip computing it",
     )
+    cache_budget_mb: float = option(
+        CACHE_BUDGET_MB,
+        "memory the frozen-prefix cache may take, in MiB: float32 if it fits, else bfloat16, "
+        "else it is spilled to a bfloat16 file (in --cache-dir, else OUT/.prefix-spill, removed "
+        "at the end) and read batch by batch",
+        metavar="MIB",
+    )
     compile: bool = option(
         False,
         "torch.compile the training forward (compiles on the first steps; needs a C++ "
@@ -376,6 +385,7 @@ NUMBER_RANGES: dict[str, Range] = {
     "weight_decay": Range(0, integer=False),
     "lora_alpha": Range(0, integer=False, low_open=True),
     "dropout": Range(0, 1, integer=False, high_open=True),
+    "cache_budget_mb": Range(0, integer=False),
 }  # fmt: skip
 
 
