@@ -58,6 +58,54 @@ def cpu_name() -> str:
     return platform.processor()
 
 
+def read_results(path: Path = RESULTS) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+def section(path: Path = RESULTS) -> list[str]:
+    """docs/BENCHMARKS.md's section (called by speed.py's report): one column per recorded run."""
+    runs = read_results(path)
+    if not runs:
+        return []
+    lines = [
+        "",
+        "## Where the main job's time goes (benchmarks/main_phases.py)",
+        "",
+        "`python benchmarks/main_phases.py [--label L] [-- FLAGS]`: `gptclf train --recipe smollm2`",
+        "under cProfile (which slows the Python-heavy training steps somewhat: wall times here are",
+        "above the unprofiled ones), cumulative seconds per stage of `train.fit`. Capped runs set",
+        "`ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2` on the AVX-512",
+        "machine: they use AVX2 kernels, as an AVX2-only CPU would, but this CPU's cores and memory,",
+        "so they show shares, not an AVX2 machine's times.",
+        "",
+        "| stage | " + " | ".join(r["label"] for r in runs) + " |",
+        "|---|" + "---|" * len(runs),
+    ]
+    rows = [stage for stage, _, _ in STAGES]
+    for stage in rows:
+        cells = [
+            f"{r['stages'][stage]:.1f} ({100 * r['stages'][stage] / r['wall_seconds']:.0f}%)"
+            if stage in r["stages"]
+            else "-"
+            for r in runs
+        ]
+        lines.append(f"| {stage.strip()} | " + " | ".join(cells) + " |")
+    lines += [
+        "| **wall s** | " + " | ".join(f"**{r['wall_seconds']:.1f}**" for r in runs) + " |",
+        "| test accuracy % | " + " | ".join(f"{100 * r['test_accuracy']:.2f}" for r in runs) + " |",
+        "| peak RSS MiB | " + " | ".join(f"{r['peak_rss_mib']:,}" for r in runs) + " |",
+        "| machine (load average at start), date | "
+        + " | ".join(
+            f"{r['cpu']}, {r['threads']} threads ({r['load_average_at_start']:.1f}), {r['date']}"
+            for r in runs
+        )
+        + " |",
+    ]
+    return lines
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--label", default="main job", help="what this run is (for the table)")

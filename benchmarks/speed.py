@@ -58,6 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ch6_gap  # noqa: E402
 import ch6_setup  # noqa: E402
 import export_onnx  # noqa: E402
+import main_phases  # noqa: E402
 import scale  # noqa: E402
 import serve_load  # noqa: E402
 from ch6_setup import EPOCHS, WORK, book_gpt2_classifier  # noqa: E402
@@ -907,6 +908,7 @@ def render(results: dict[str, list[dict]]) -> str:
     lines += export_onnx.section()
     lines += serve_load.section()
     lines += scale.section()
+    lines += main_phases.section()
     return "\n".join(lines) + "\n"
 
 
