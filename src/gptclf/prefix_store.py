@@ -26,7 +26,8 @@ from pathlib import Path
 
 import torch
 
-from gptclf.fileio import commit, temp_beside
+from gptclf import fileio
+from gptclf.fileio import temp_beside
 
 DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.int64: "I64"}
 BY_NAME = {v: k for k, v in DTYPES.items()}
@@ -92,7 +93,7 @@ class StoreWriter:
         try:
             self._write_at(0, layout(self.lengths, self.d, self.dtype, build_seconds)[0])
             self.file.close()
-            commit(self.tmp, self.path)
+            fileio.commit(self.tmp, self.path)  # looked up at call time, as atomic_write does
         except BaseException:
             self.abort()
             raise
