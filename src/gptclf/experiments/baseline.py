@@ -88,6 +88,8 @@ def fit_tfidf(
         cached_from_block=None,
         prefix_cache=None,
         cache_build_seconds=None,
+        prefix_cache_storage=None,
+        prefix_cache_dtype=None,
         trainable_params=n_params,
         total_params=n_params,
         world_size=1,

@@ -107,6 +107,8 @@ def fit_like_metrics(
         cached_from_block=None,
         prefix_cache=None,
         cache_build_seconds=None,
+        prefix_cache_storage=None,
+        prefix_cache_dtype=None,
         world_size=1,
         labels=train.label_names,
         train_curve={"examples_seen": [], "loss": [], "accuracy": []},
