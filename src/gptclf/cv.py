@@ -48,10 +48,9 @@ from gptclf.balance import undersample_indices
 from gptclf.data import LabeledTexts, stratified_indices
 from gptclf.errors import GptclfError
 from gptclf.fileio import read_json, write_json
-from gptclf.inference import autocast, resolve_precision
+from gptclf.inference import autocast
 from gptclf.metrics import logit_metrics
 from gptclf.prefix_cache import PrefixCache, build_caches, cache_start, spill_space
-from gptclf.quantize import int8_prefix_runs
 from gptclf.train_config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -76,10 +75,7 @@ def cross_validate(
     split_seed = cfg.split_seed if cfg.split_seed is not None else cfg.seed
     assignment = stratified_folds(pool.labels, folds, split_seed)
     device = train.resolve_device(cfg.device)
-    if cfg.precision == "auto":
-        cfg = dataclasses.replace(cfg, precision=resolve_precision("auto", device))
-    if cfg.int8_prefix and not int8_prefix_runs(device):
-        cfg = dataclasses.replace(cfg, int8_prefix=False)
+    cfg = train.as_it_runs(cfg, device)
     inner = cfg.select == "best" or cfg.patience is not None
     record = new_record(cfg, folds, pool, assignment, inner)
     done = previous_folds(cfg, record) if cfg.resume else {}

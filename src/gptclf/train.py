@@ -64,6 +64,18 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "validation", "test")
 
 
+def as_it_runs(cfg: TrainConfig, device: torch.device) -> TrainConfig:
+    """`cfg` with what this device will really run: `--precision auto` resolved, and
+    `--int8-prefix` off where it cannot run (warned). What ran is what the checkpoint, metrics
+    and cv record."""
+    if cfg.precision == "auto":
+        cfg = dataclasses.replace(cfg, precision=resolve_precision("auto", device))
+        log.info("precision auto: %s on %s", cfg.precision, device)
+    if cfg.int8_prefix and not int8_prefix_runs(device):
+        cfg = dataclasses.replace(cfg, int8_prefix=False)
+    return cfg
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -185,11 +197,7 @@ def fit_run(cfg: TrainConfig, parts: TrainParts | None = None) -> Run:
     started = time.perf_counter()
     torch.manual_seed(cfg.seed)
     d, device = distributed.setup(resolve_device(cfg.device), cfg.fsdp)
-    if cfg.precision == "auto":  # what ran is what the checkpoint and metrics record
-        cfg = dataclasses.replace(cfg, precision=resolve_precision("auto", device))
-        log.info("precision auto: %s on %s", cfg.precision, device)
-    if cfg.int8_prefix and not int8_prefix_runs(device):  # recorded as it ran
-        cfg = dataclasses.replace(cfg, int8_prefix=False)
+    cfg = as_it_runs(cfg, device)
     try:
         with spill_space(cfg.out) as spill_dir:
             run = prepare(cfg, d, device, parts or TrainParts(), spill_dir)
