@@ -9,7 +9,7 @@ from torch.testing import assert_close
 from gptclf.classifier import pool, set_trainable
 from gptclf.lora import apply_lora
 from gptclf.model import Unpadded, attention_mask_to_bias, positions_from_mask
-from tests.test_pooled_position import IDS, MASK, classifier
+from test_pooled_position import IDS, MASK, classifier
 
 LEFT_IDS = torch.tensor([[5, 9, 11, 13, 2, 7], [0, 0, 0, 0, 8, 3], [0, 0, 4, 4, 6, 1]])
 LEFT_MASK = torch.tensor([[1, 1, 1, 1, 1, 1], [0, 0, 0, 0, 1, 1], [0, 0, 1, 1, 1, 1]])
