@@ -3,6 +3,7 @@ same at training and at every load; export and a mismatched resume refuse; cache
 no quantized engine (or CUDA): a warning and fp32, recorded as such."""
 
 import logging
+import warnings
 
 import pytest
 import torch
@@ -45,7 +46,11 @@ def test_token_int8_linear_is_close_to_fp32_and_independent_of_the_batch():
         # a row alone gives exactly what it gives among others
         assert torch.equal(q(x[2:3]), y[2:3])
         # torch's dynamic quantization (one scale per tensor) does depend on the batch
-        per_tensor = quantize_linears(nn.Sequential(linear))
+        with warnings.catch_warnings():  # torch 2.13 marks it deprecated (torchao)
+            warnings.simplefilter("ignore")
+            per_tensor = torch.ao.quantization.quantize_dynamic(
+                nn.Sequential(linear), {nn.Linear}, dtype=torch.qint8
+            )
         assert not torch.equal(per_tensor(x[2:3]), per_tensor(x)[2:3])
 
 
@@ -150,3 +155,17 @@ def test_int8_inference_precision_over_an_int8_prefix(int8_run, small_split):  #
     clf = Classifier.load(out, precision="int8")  # the rest quantized too; the prefix stays
     assert int8_blocks(clf.model) == 1
     assert clf.predict_proba(load_dataset(small_split / "test.csv").texts[:4]).shape == (4, 2)
+
+
+def test_precision_int8_gives_every_text_its_own_scales():
+    """`--precision int8`: a text's probabilities are the same alone and in any batch."""
+    torch.manual_seed(0)
+    model = tiny_classifier("all").eval()
+    quantize_linears(model)
+    kinds = {type(m) for m in model.modules()}
+    assert TokenInt8Linear in kinds and nn.Linear not in kinds  # the head too
+    ids = torch.tensor([[5, 9, 11, 13, 2, 7], [8, 3, 0, 0, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 0, 0, 0, 0]])
+    with torch.inference_mode():
+        together = model(ids, mask)
+        assert torch.equal(model(ids[1:, :2], mask[1:, :2]), together[1:])

@@ -1,4 +1,5 @@
-"""int8 dynamic quantization: the frozen prefix (`--int8-prefix`) and `--precision int8` inference.
+"""int8 dynamic quantization: the frozen prefix (`--int8-prefix`) and `--precision int8` inference
+(every linear layer, the class head included), both with `TokenInt8Linear`.
 
 `--int8-prefix` runs the frozen blocks below the first trainable one (`first_trainable_block`)
 with int8 weights: their linears become `TokenInt8Linear`s, built from the fp32 weights, which
@@ -95,10 +96,7 @@ def quantize_prefix(model: SequenceClassifier) -> int:
     `TokenInt8Linear` (in place); returns the number of blocks quantized (0: nothing frozen)."""
     blocks = first_trainable_block(model)
     for block in model.backbone.h[:blocks]:
-        for name, module in list(block.named_modules()):
-            if type(module) is nn.Linear:
-                parent, _, attr = name.rpartition(".")
-                setattr(block.get_submodule(parent), attr, TokenInt8Linear(module))
+        int8_linears(block)
     if blocks:
         log.info("--int8-prefix: blocks 0-%d of %d in int8", blocks - 1, len(model.backbone.h))
     else:
@@ -134,11 +132,18 @@ def int8_blocks(model: SequenceClassifier) -> int:
     )
 
 
+def int8_linears(module: nn.Module) -> None:
+    """Replace every `nn.Linear` inside `module` by a `TokenInt8Linear`, in place."""
+    for name, child in list(module.named_modules()):
+        if type(child) is nn.Linear:
+            parent, _, attr = name.rpartition(".")
+            setattr(module.get_submodule(parent), attr, TokenInt8Linear(child))
+
+
 def quantize_linears(model: nn.Module) -> nn.Module:
-    """A copy of `model` with every `nn.Linear` dynamically quantized to int8 (torch's
-    per-tensor scales, per batch): `--precision int8` inference."""
-    # torch 2.13 marks torch.ao.quantization deprecated (successor: torchao); it still works,
-    # so keep users' stderr clean.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+    """`--precision int8` inference: every `nn.Linear` of `model` (in place) computed in int8 by
+    a `TokenInt8Linear`, so a text's probabilities do not depend on its batch-mates, as they do
+    under torch's `quantize_dynamic` (one activation scale per batch). Returns `model`."""
+    model.requires_grad_(False)
+    int8_linears(model)
+    return model
