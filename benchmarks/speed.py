@@ -30,7 +30,7 @@ Benchmarks:
 - infer_smollm2_*: messages/s of the main job's classifier (SmolLM2-135M, `--recipe smollm2`,
   trained once into benchmarks/.work/main_smollm2) on the same 300 messages: ours is
   `Classifier.predict`, what `gptclf predict` runs (`_ours`: the precision the CLI picks, bf16
-  where it is native, else fp32; `_ours_fp32`), against transformers' LlamaForSequenceClassification
+  where it is native, else fp32; `_ours_fp32`; `_ours_int8`: `--precision int8`), against transformers' LlamaForSequenceClassification
   in fp32 from `gptclf export --format hf` of that run (the same weights: the GGUF backbone as
   gptclf dequantizes it + the trained blocks and head), called as a user writes it: batches of 32
   in file order, `tok(batch, padding=True)`, `model(**enc)`. Both keep their probabilities, so the
@@ -383,6 +383,10 @@ def bench_infer_smollm2_ours_fp32() -> dict:
     return _smollm2_ours("fp32")
 
 
+def bench_infer_smollm2_ours_int8() -> dict:
+    return _smollm2_ours("int8")  # `--precision int8`: every linear in int8, per-token scales
+
+
 def bench_infer_smollm2_hf_fp32() -> dict:
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -525,9 +529,11 @@ ORDER = [
     "infer_hf_pipeline",
     "infer_smollm2_ours",
     "infer_smollm2_ours_fp32",
+    "infer_smollm2_ours_int8",
     "infer_smollm2_hf_fp32",
     "infer_smollm2_ours" + CAPPED,
     "infer_smollm2_ours_fp32" + CAPPED,
+    "infer_smollm2_ours_int8" + CAPPED,
     "infer_smollm2_hf_fp32" + CAPPED,
     "main_smollm2",
     "ch6_ours",
@@ -662,7 +668,8 @@ def targets(results: dict[str, list[dict]]) -> list[str]:
             )
     for capped in ("", CAPPED):
         hf = results.get(f"{SMOLLM2}hf_fp32{capped}")
-        for name in (f"{SMOLLM2}ours{capped}", f"{SMOLLM2}ours_fp32{capped}"):
+        for ours in ("ours", "ours_fp32", "ours_int8"):
+            name = f"{SMOLLM2}{ours}{capped}"
             if hf and results.get(name):
                 r = med(results[name], "messages_per_second") / med(hf, "messages_per_second")
                 kernels = "capped to AVX2" if capped else "native"
@@ -719,7 +726,8 @@ def smollm2_inference_section(results: dict[str, list[dict]]) -> list[str]:
         "gptclf: `Classifier.predict`, what `gptclf predict RUN` runs (tokenization, batches of 32",
         "sorted by length, softmax and Prediction objects included), on the run of",
         "`gptclf train --recipe smollm2` (benchmarks/.work/main_smollm2); `ours` is the precision the",
-        "CLI picks (bf16 where it is native, else fp32). transformers: `gptclf export RUN --format",
+        "CLI picks (bf16 where it is native, else fp32); `ours_int8` is `--precision int8` (every",
+        "linear in int8 with per-token activation scales). transformers: `gptclf export RUN --format",
         "hf` of that run (the GGUF backbone as gptclf dequantizes it, the trained blocks and head)",
         "loaded by `AutoModelForSequenceClassification` in fp32 and called as a user writes it:",
         "batches of 32 in file order, `tok(batch, padding=True, truncation=True)`, `model(**enc)`,",
@@ -760,8 +768,10 @@ def smollm2_inference_section(results: dict[str, list[dict]]) -> list[str]:
             )
             + " |"
         )
-    pairs = [(f"{SMOLLM2}ours_fp32{c}", f"{SMOLLM2}hf_fp32{c}") for c in ("", CAPPED)] + [
-        (f"{SMOLLM2}ours{c}", f"{SMOLLM2}hf_fp32{c}") for c in ("", CAPPED)
+    pairs = [
+        (f"{SMOLLM2}{ours}{c}", f"{SMOLLM2}hf_fp32{c}")
+        for ours in ("ours_fp32", "ours", "ours_int8")
+        for c in ("", CAPPED)
     ]
     compared = [(a, b) for a, b in pairs if results.get(a) and results.get(b)]
     if compared:
