@@ -57,7 +57,8 @@ def test_precisions_agree_closely(run_dir):
 def test_int8_quantizes_the_linear_layers(run_dir):
     clf = Classifier.load(run_dir, precision="int8")
     kinds = {type(m).__name__ for m in clf.model.modules()}
-    assert "Linear" in kinds and not any(type(m) is torch.nn.Linear for m in clf.model.modules())
+    assert "TokenInt8Linear" in kinds
+    assert not any(type(m) is torch.nn.Linear for m in clf.model.modules())
 
 
 def test_unknown_precision(run_dir):

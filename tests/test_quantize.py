@@ -153,7 +153,8 @@ def test_cuda_warns_and_runs_without_int8(caplog):
 def test_int8_inference_precision_over_an_int8_prefix(int8_run, small_split):  # noqa: F811
     out, _ = int8_run
     clf = Classifier.load(out, precision="int8")  # the rest quantized too; the prefix stays
-    assert int8_blocks(clf.model) == 1
+    assert int8_blocks(clf.model) == len(clf.model.backbone.h)
+    assert not any(type(m) is nn.Linear for m in clf.model.modules())
     assert clf.predict_proba(load_dataset(small_split / "test.csv").texts[:4]).shape == (4, 2)
 
 
