@@ -213,13 +213,13 @@ class Unpadded:
 
     The rows are N rounded up by `round_rows` (spare rows read a zero position past the batch
     and are dropped): oneDNN keeps a primitive, with its own bf16 weight copies, per input
-    shape, and one per distinct N grew the bf16 main job's peak RSS from 1.3 to 2.5 GiB."""
+    shape, and one per distinct N grew the bf16 main job's peak RSS from 1.5 to 2.5 GiB."""
 
     @staticmethod
     def round_rows(n: int) -> int:
         """Rows for N real tokens: a multiple of 64, or above 512 of an eighth (at most 8
-        lengths per doubling). Per batch of 8 SMS texts in bf16: exact N took 1.3 GiB more
-        memory and 1.2x the time of rounding, which was faster than the padded batches."""
+        lengths per doubling). Two epochs of batches of 8 SMS texts in bf16: exact N took 1.3 GiB
+        more memory and 1.3x the time of rounding, which was faster than the padded batches."""
         step = max(64, eighth_step(n))
         return -(-n // step) * step
 
