@@ -211,9 +211,9 @@ class Unpadded:
 
     The same arithmetic per real position, so the same result up to float rounding.
 
-    The rows are N rounded up by `round_rows` (spare rows read a zero position past the batch
-    and are dropped): oneDNN keeps a primitive, with its own bf16 weight copies, per input
-    shape, and one per distinct N grew the bf16 main job's peak RSS from 1.5 to 2.5 GiB."""
+    The rows are N rounded up by `round_rows` (spare rows repeat the first real token and are
+    dropped): oneDNN keeps a primitive, with its own bf16 weight copies, per input shape, and one
+    per distinct N grew the bf16 main job's peak RSS from 1.5 to 2.5 GiB."""
 
     @staticmethod
     def round_rows(n: int) -> int:
@@ -227,9 +227,11 @@ class Unpadded:
         self.shape = attention_mask.shape  # (B, T)
         real = attention_mask.reshape(-1).bool()
         flat = real.nonzero().squeeze(1)  # positions of the N real tokens in B * T
-        spare = self.round_rows(len(flat)) - len(flat)
-        # (N + spare,): B * T is the zero row `unpad` appends, the slot `pad` drops
-        self.flat = torch.cat([flat, flat.new_full((spare,), real.numel())])
+        self.n = len(flat)
+        spare = self.round_rows(self.n) - self.n
+        # (N + spare,): the spare rows read the first real token (any finite row would do; `pad`
+        # drops them, so their gradient is zero), which saves a padded copy of x per block
+        self.flat = torch.cat([flat, flat[:1].expand(spare)])
         self.rank = real.long().cumsum(0) - 1  # a real position's row among the N
 
     @classmethod
@@ -248,14 +250,13 @@ class Unpadded:
 
     def unpad(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, C) -> (N + spare, C)."""
-        rows = x.reshape(-1, x.shape[-1])
-        return torch.cat([rows, rows.new_zeros(1, rows.shape[1])]).index_select(0, self.flat)
+        return x.reshape(-1, x.shape[-1]).index_select(0, self.flat)
 
     def pad(self, x: torch.Tensor) -> torch.Tensor:
         """(N + spare, C) -> (B, T, C), zeros at the pads (masked keys: never read)."""
         B, T = self.shape
-        out = x.new_zeros(B * T + 1, x.shape[-1]).index_copy(0, self.flat, x)
-        return out[:-1].view(B, T, -1)
+        out = x.new_zeros(B * T, x.shape[-1]).index_copy(0, self.flat[: self.n], x[: self.n])
+        return out.view(B, T, -1)
 
     def rows(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """`rows` for unpadded x (N, C): the real position index[b] of each row b, (B, 1, C)."""
