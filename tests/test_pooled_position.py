@@ -40,6 +40,18 @@ def classifier(arch="gpt2", pool_mode="last_real", **overrides):
     return model
 
 
+def lora_classifier(arch):
+    """`classifier` with LoRA on every linear (c_attn is a LoRALinear, not an nn.Linear), its B
+    matrices random so that the adapters change the result."""
+    model = classifier(arch, "last_real")
+    apply_lora(model, rank=2, alpha=4.0, targets="all")
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn_like(p))
+    return model
+
+
 def full_logits(model, x, mask, start):
     """Every position through every block, then the final norm, then `pool`: the oracle."""
     hidden = model.backbone.ln_f(model.backbone.run_blocks(x, model.backbone_mask(mask), start))
@@ -92,11 +104,7 @@ def test_pooled_position_gives_the_same_gradients(arch):
 
 
 def test_wrapped_projections_take_the_generic_path():
-    model = classifier("gpt2", "last_real")
-    apply_lora(model, rank=2, alpha=4.0, targets="all")  # c_attn is a LoRALinear now
+    model = lora_classifier("gpt2")
     with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn_like(p))
         x = model.backbone.embed(IDS, MASK)
         assert_close(model(IDS, MASK), full_logits(model, x, MASK, 0))

@@ -7,9 +7,8 @@ import torch
 from torch.testing import assert_close
 
 from gptclf.classifier import pool, set_trainable
-from gptclf.lora import apply_lora
 from gptclf.model import Unpadded, attention_mask_to_bias, positions_from_mask
-from test_pooled_position import IDS, MASK, classifier
+from test_pooled_position import IDS, MASK, classifier, lora_classifier
 
 ROUND_ROWS = Unpadded.round_rows
 
@@ -76,12 +75,8 @@ def test_unpadded_gives_the_same_gradients(arch, trainable):
 
 
 def test_unpadded_with_wrapped_projections():
-    model = classifier("llama", "last_real")
-    apply_lora(model, rank=2, alpha=4.0, targets="all")  # c_attn is a LoRALinear now
+    model = lora_classifier("llama")
     with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn_like(p))
         x = model.backbone.embed(IDS, MASK)
         assert_close(model(IDS, MASK), padded_logits(model, x, MASK))
 
