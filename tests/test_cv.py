@@ -21,6 +21,7 @@ from gptclf.data import (
     load_dataset,
     normalized_text,
     split_book,
+    split_book_full,
     unseen_indices,
     write_split,
 )
@@ -82,16 +83,69 @@ def test_folds_are_stratified_deterministic_and_cover_every_text():
 
 
 def test_the_bundled_data_cross_validates_the_books_train_and_validation_texts():
-    pool, share = cv.cv_pool(TrainConfig())
+    pool, share, n = cv.cv_pool(TrainConfig())
     train, validation, test = split_book(load_dataset("sms-spam"))
-    assert len(pool) == 1194 == len(train) + len(validation)
+    assert len(pool) == n == 1194 == len(train) + len(validation)
     assert pool.texts == train.texts + validation.texts
     assert share == pytest.approx(149 / 1194)
     # every fold: an inner validation split of the training folds, the held-out fold apart
-    assignment = cv.stratified_folds(pool.labels, 5, 123)
+    assignment = cv.assign_folds(pool, n, 5, 123)
+    assert (assignment == cv.stratified_folds(pool.labels, 5, 123)).all()
     index = cv.fold_indices(pool, assignment, 0, share, 123, TrainConfig())
     assert sorted(np.concatenate(list(index.values()))) == list(range(1194))
     assert len(index["test"]) in (238, 239) and abs(len(index["validation"]) - 119) <= 1
+
+
+def test_book_full_cross_validates_the_same_texts_and_only_trains_on_the_rest():
+    """The same 1,194 texts and folds as the book's split; the messages the book leaves out
+    join every fold's training split, never held out, and none is a copy of a held-out text."""
+    book, book_share, book_n = cv.cv_pool(TrainConfig())
+    cfg = TrainConfig(split="book_full", class_weights="auto")
+    pool, share, n = cv.cv_pool(cfg)
+    assert (n, share) == (book_n, book_share) and pool.texts[:n] == book.texts
+    assert pool.labels[:n] == book.labels
+    full_train, _validation, _test = split_book_full(load_dataset("sms-spam"))
+    assert len(pool) - n > 3900 and set(pool.texts[n:]) <= set(full_train.texts)
+    assert not set(pool.texts[n:]) & set(pool.texts[:n])
+    assignment = cv.assign_folds(pool, n, 5, 123)
+    assert (assignment[:n] == cv.assign_folds(book, book_n, 5, 123)).all()
+    assert (assignment[n:] == -1).all()
+    for k in range(5):
+        index = cv.fold_indices(pool, assignment, k, share, 123, cfg)
+        assert (index["test"] == np.flatnonzero(assignment == k)).all()
+        assert set(range(n, len(pool))) <= set(index["train"].tolist())
+        assert max(index["validation"]) < n  # the inner validation split: book texts only
+        assert sorted(np.concatenate(list(index.values()))) == list(range(len(pool)))
+    record = cv.new_record(cfg, 5, pool, assignment, inner=True)
+    assert (record["texts"], record["only_train"]) == (n, len(pool) - n)
+    assert sum(record["class_counts"].values()) == n
+
+
+def test_book_full_cv_runs_end_to_end_on_a_users_file(tmp_path):
+    """A file with a 3:1 class imbalance: the book split's balanced texts are cross-validated,
+    the rest of the larger class trains in every fold and is never scored."""
+    rows = [f"ham,hello friend number {i} see you later" for i in range(48)]
+    rows += [f"spam,win cash prize {i} now call" for i in range(16)]
+    data = tmp_path / "texts.csv"
+    data.write_text("label,text\n" + "\n".join(rows) + "\n")
+    record = Classifier.cross_validate(
+        folds=2, data=str(data), split="book_full", class_weights="auto", model="gpt2-tiny",
+        weights="random", epochs=1, max_length=12, progress=False, out=None,
+    )  # fmt: skip
+    train, validation, _test = split_book(load_dataset(data, ["text"], "label"))
+    n = len(train) + len(validation)
+    assert record["complete"] and record["texts"] == n
+    assert record["only_train"] == 32  # the ham the book split leaves out
+    assert record["class_counts"] == {
+        name: sum(1 for y in train.labels + validation.labels if y == i)
+        for i, name in enumerate(train.label_names)
+    }
+    assert record["pooled"]["n"] == n
+    held = sorted(i for f in record["per_fold"] for i in f["held_out"])
+    assert held == list(range(n))
+    for f in record["per_fold"]:
+        sizes = f["sizes"]
+        assert sizes["train"] + sizes["validation"] == n - sizes["test"] + record["only_train"]
 
 
 def test_select_last_trains_on_every_training_fold_and_undersampling_stays_in_them():

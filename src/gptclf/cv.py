@@ -5,6 +5,13 @@ validation splits together (on the bundled SMS data with the book's split, 1,045
 texts); its test split is set aside unread. Every text is held out once; folds keep each class's
 share (`stratified_folds`, seeded like the split: `--split-seed`, else `--seed`).
 
+Texts that only train. `--split book_full` trains on the book's 1,045 training texts and the
+4,032 messages the book's undersampling leaves out; what it chooses from is still the book's
+1,194 train + validation texts. So those 1,194 are cross-validated, on the same folds as every
+other config of the bundled data (scores compare fold by fold), and the others join every fold's
+training split, never held out, minus any copy of a cross-validated text (it would be a held-out
+text in training).
+
 Epoch selection. The recipes keep the epoch with the best validation accuracy. The held-out fold
 must not choose it (its score would then flatter the config), so each fold's k-1 training folds
 are split again, stratified, into training texts and an inner validation split with the share
@@ -70,10 +77,9 @@ def cross_validate(
     source built elsewhere (`train.TrainParts`; its data, model, ids and cache come from here)."""
     started = time.perf_counter()
     check_config(cfg)
-    pool, share = cv_pool(cfg)
-    check_folds(pool, folds)
+    pool, share, n = cv_pool(cfg)
     split_seed = cfg.split_seed if cfg.split_seed is not None else cfg.seed
-    assignment = stratified_folds(pool.labels, folds, split_seed)
+    assignment = assign_folds(pool, n, folds, split_seed)
     device = train.resolve_device(cfg.device)
     cfg = train.as_it_runs(cfg, device)
     inner = cfg.select == "best" or cfg.patience is not None
@@ -105,7 +111,7 @@ def cross_validate(
             save(cfg, record, shared, started)
         shared.close()
     record["complete"] = True
-    return save(cfg, record, shared, started, final=True, pool=pool)
+    return save(cfg, record, shared, started, final=True, pool=pool.subset(range(n)))
 
 
 def check_config(cfg: TrainConfig) -> None:
@@ -118,16 +124,42 @@ def check_config(cfg: TrainConfig) -> None:
         log.warning("--time-budget applies to --recipe auto only: ignored")
 
 
-def cv_pool(cfg: TrainConfig) -> tuple[LabeledTexts, float]:
-    """The texts to cross-validate (the config's train + validation splits, without any
-    undersampling: each fold undersamples its own training texts) and the validation share."""
-    train_split, validation, _test = train.config_splits(dataclasses.replace(cfg, balance="none"))
+def cv_pool(cfg: TrainConfig) -> tuple[LabeledTexts, float, int]:
+    """The texts cross-validation uses, the validation share, and how many of them are
+    cross-validated: the config's train + validation splits (without any undersampling: each
+    fold undersamples its own training texts); with `split=book_full`, those of the book's split,
+    then the texts that only train (the module doc)."""
+    no_balance = dataclasses.replace(cfg, balance="none")
+    split = "book" if cfg.split == "book_full" else cfg.split
+    train_split, validation, _test = train.config_splits(
+        dataclasses.replace(no_balance, split=split)
+    )
     pool = LabeledTexts(
         train_split.texts + validation.texts,
         list(train_split.labels) + list(validation.labels),
         list(train_split.label_names),
     )
-    return pool, len(validation) / len(pool)
+    n = len(pool)
+    if split != cfg.split:
+        full_train = train.config_splits(no_balance)[0]  # the book's training texts, then more
+        seen = set(pool.texts)
+        extra = [
+            i for i in range(len(train_split), len(full_train)) if full_train.texts[i] not in seen
+        ]
+        more = full_train.subset(extra)
+        pool = LabeledTexts(pool.texts + more.texts, pool.labels + more.labels, pool.label_names)
+        log.info(
+            "cv: %d texts cross-validated, %d more in every fold's training split", n, len(more)
+        )
+    return pool, len(validation) / n, n
+
+
+def assign_folds(pool: LabeledTexts, n: int, folds: int, seed: int) -> np.ndarray:
+    """Each text's fold (`stratified_folds` over the first n, the cross-validated texts); -1 for
+    the texts after them, which only train."""
+    check_folds(pool.subset(range(n)), folds)
+    only_train = np.full(len(pool) - n, -1, dtype=np.int64)
+    return np.concatenate([stratified_folds(pool.labels[:n], folds, seed), only_train])
 
 
 def check_folds(pool: LabeledTexts, folds: int) -> None:
@@ -168,14 +200,16 @@ def fold_indices(
 ) -> dict[str, np.ndarray]:
     """Pool indices of fold k's train, validation and test (= held-out) splits. `share`: the
     inner validation split's share of the training folds (None: the held-out fold validates,
-    for the record only)."""
+    for the record only). Texts of fold -1 (`assign_folds`) are only ever trained on."""
     held_out = np.flatnonzero(assignment == k)
-    rest = np.flatnonzero(assignment != k)
+    rest = np.flatnonzero((assignment != k) & (assignment >= 0))
+    only_train = np.flatnonzero(assignment < 0)
     if share is None:
         train_idx, val_idx = rest, held_out
     else:
         parts = stratified_indices(pool.subset(rest), (1.0 - share, share, 0.0), seed=seed)
         train_idx, val_idx = rest[parts[0]], rest[parts[1]]
+    train_idx = np.concatenate([train_idx, only_train])
     if cfg.balance == "undersample":
         train_idx = train_idx[undersample_indices([pool.labels[i] for i in train_idx], seed)]
     if not len(val_idx) or len(set(pool.labels[i] for i in train_idx)) < 2:
@@ -296,7 +330,8 @@ def new_record(
     cfg: TrainConfig, folds: int, pool: LabeledTexts, assignment: np.ndarray, inner: bool
 ) -> dict[str, Any]:
     """cv.json before any fold: what is cross-validated and how."""
-    counts = np.bincount(pool.labels, minlength=len(pool.label_names)).tolist()
+    n = int((assignment >= 0).sum())
+    counts = np.bincount(pool.labels[:n], minlength=len(pool.label_names)).tolist()
     return {
         "format": FORMAT,
         "folds": folds,
@@ -306,7 +341,8 @@ def new_record(
             if inner
             else "the last epoch (--select last); the held-out fold is only recorded"
         ),
-        "texts": len(pool),
+        "texts": n,
+        "only_train": len(pool) - n,  # texts in every fold's training split (`cv_pool`)
         "labels": pool.label_names,
         "class_counts": dict(zip(pool.label_names, counts, strict=True)),
         "data_hash": data_hash(pool, assignment),

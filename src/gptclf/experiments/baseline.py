@@ -40,16 +40,15 @@ def tfidf_cross_validate(cfg: TrainConfig, folds: int, c_grid: tuple[float, ...]
     from gptclf import cv
 
     started = time.perf_counter()
-    pool, share = cv.cv_pool(cfg)
-    cv.check_folds(pool, folds)
-    assignment = cv.stratified_folds(pool.labels, folds, cfg.split_seed)
+    pool, share, n = cv.cv_pool(cfg)
+    assignment = cv.assign_folds(pool, n, folds, cfg.split_seed)
     record = cv.new_record(cfg, folds, pool, assignment, inner=True)
     for k in range(folds):
         index = cv.fold_indices(pool, assignment, k, share, cfg.split_seed, cfg)
         data = {name: pool.subset(index[name]) for name in SPLITS}
         metrics, log_probs = fit_tfidf(cfg, data, c_grid)
         record["per_fold"].append(cv.fold_result(k, index, metrics, log_probs))
-    record.update(cv.summarize(record["per_fold"], pool), complete=True)
+    record.update(cv.summarize(record["per_fold"], pool.subset(range(n))), complete=True)
     record["seconds"] = time.perf_counter() - started
     return record
 

@@ -93,7 +93,8 @@ def run_cv_one(exp: Experiment, seed: int, folds: int, cache_dir: Path | None) -
 def _pool_labels(cfg) -> list[int]:
     from gptclf import cv
 
-    return [int(y) for y in cv.cv_pool(cfg)[0].labels]
+    pool, _share, n = cv.cv_pool(cfg)
+    return [int(y) for y in pool.labels[:n]]
 
 
 def load_cv_result(
