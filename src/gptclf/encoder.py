@@ -21,7 +21,7 @@ from torch import nn
 
 from gptclf.config import ModelConfig
 from gptclf.errors import GptclfError
-from gptclf.model import one_query_attention, rows
+from gptclf.model import Unpadded, one_query_attention, rows
 from gptclf.weights.strict import assign_state_dict
 
 
@@ -38,21 +38,35 @@ class SelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
 
     def forward(
-        self, x: torch.Tensor, attn_mask: torch.Tensor | None, index: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        attn_mask: torch.Tensor | None,
+        index: torch.Tensor | None = None,
+        layout: Unpadded | None = None,
     ) -> torch.Tensor:
-        """(B, T, d); with `index` (B,), only for the query at position index[b]: (B, 1, d)."""
-        B = x.shape[0]
-        queries = x if index is None else rows(x, index)
+        """(B, T, d); with `index` (B,), only for the query at position index[b]: (B, 1, d).
+        With `layout`, x is (N, d), the real positions only, and so is the output (without
+        `index`), as in `model.Attention`."""
+        B = layout.shape[0] if layout is not None else x.shape[0]
+        if index is None:
+            queries = x
+        else:
+            queries = rows(x, index) if layout is None else layout.rows(x, index)
         q, k, v = (
-            proj(inputs).view(B, -1, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
-            for proj, inputs in ((self.query, queries), (self.key, x), (self.value, x))
+            proj(inputs) for proj, inputs in ((self.query, queries), (self.key, x), (self.value, x))
         )
+        if layout is not None:  # attention alone sees the (B, T) layout
+            k, v = layout.pad(k), layout.pad(v)
+            q = layout.pad(q) if index is None else q
+        q, k, v = (t.view(B, -1, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))
         dropout_p = self.dropout if self.training else 0.0
         if index is None:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
         else:
             y = one_query_attention(q, k, v, attn_mask, dropout_p)
         y = y.transpose(1, 2).reshape(B, -1, self.n_head * self.head_dim)  # (B, T or 1, nh*hs)
+        if layout is not None and index is None:
+            y = layout.unpad(y)
         return self.resid_dropout(self.c_proj(y))
 
 
@@ -78,11 +92,19 @@ class EncoderBlock(nn.Module):
         self.ln_2 = nn.LayerNorm(config.d_model, eps=config.norm_eps)
 
     def forward(
-        self, x: torch.Tensor, attn_mask: torch.Tensor | None, index: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        attn_mask: torch.Tensor | None,
+        index: torch.Tensor | None = None,
+        layout: Unpadded | None = None,
     ) -> torch.Tensor:
-        """(B, T, d); with `index` (B,), only the output at position index[b]: (B, 1, d)."""
-        residual = x if index is None else rows(x, index)
-        x = self.ln_1(residual + self.attn(x, attn_mask, index))
+        """(B, T, d); with `index` (B,), only the output at position index[b]: (B, 1, d).
+        With `layout` (`Unpadded`), x holds the real positions only: (N, d) in and out."""
+        if index is None:
+            residual = x
+        else:
+            residual = rows(x, index) if layout is None else layout.rows(x, index)
+        x = self.ln_1(residual + self.attn(x, attn_mask, index, layout))
         return self.ln_2(x + self.mlp(x))
 
 
@@ -159,7 +181,8 @@ class Encoder(nn.Module):
         stop: int | None = None,
         index: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Apply blocks[start:stop] to hidden states x (B, T, d_model); pad keys are masked out.
+        """Apply blocks[start:stop] to hidden states x (B, T, d_model); pad keys are masked out,
+        and where that pays the blocks run on the real tokens only (pads' states are zeros).
 
         index (B,): only position index[b] of each row is wanted, as in `GPT.run_blocks`: the
         last of these blocks computes that position only. Returns (B, 1, d_model) then.
@@ -167,11 +190,18 @@ class Encoder(nn.Module):
         attn_mask = None if attention_mask is None else padding_mask_to_bias(attention_mask)
         blocks = list(self.h[start:stop])
         last = blocks.pop() if index is not None and blocks else None
+        # The real tokens only (`model.Unpadded`): pad keys are masked out, so a pad's own
+        # state reaches no real position; it is left at zero instead of computed.
+        layout = Unpadded.of(attention_mask, index) if blocks or last else None
+        if layout is not None:
+            x = layout.unpad(x)
         for block in blocks:
-            x = block(x, attn_mask)
+            x = block(x, attn_mask, layout=layout)
         if index is None:
-            return x
-        return rows(x, index) if last is None else last(x, attn_mask, index)
+            return x if layout is None else layout.pad(x)
+        if last is None:
+            return rows(x, index) if layout is None else layout.rows(x, index)
+        return last(x, attn_mask, index, layout)
 
     def hidden_states(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None

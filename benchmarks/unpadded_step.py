@@ -1,0 +1,86 @@
+"""What skipping pads (`model.Unpadded`) saves in a training step, padded and unpadded side by side.
+
+    python benchmarks/unpadded_step.py   # prints a JSON line, appends it to benchmarks/results/unpadded_step.jsonl
+
+One process, random weights (the shapes are what matters): a batch of 8 texts, lengths drawn
+between 20 and 120 tokens (one at 120), forward and backward in fp32 through
+- `smollm2-2`: two SmolLM2-135M-shaped blocks (the recipe's trainable top, from the prefix cache);
+- `minilm-6`: all six blocks of MiniLM-L6 (the `minilm-all` rows train every layer).
+Each is timed with `Unpadded` on and with it turned off (`Unpadded.of` returning None: every
+position computed, as before), alternating, the best of two medians of 5 runs of 10 steps.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from gptclf.config import PRESETS, ModelConfig
+from gptclf.encoder import Encoder
+from gptclf.experiments.runner import hardware
+from gptclf.model import GPT, Unpadded
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results" / "unpadded_step.jsonl"
+BATCH, SHORTEST, LONGEST = 8, 20, 120
+STEPS, RUNS = 10, 5
+
+
+def models() -> dict[str, torch.nn.Module]:
+    return {
+        "smollm2-2": GPT(ModelConfig(**{**PRESETS["smollm2-135m"], "n_layer": 2})),
+        "minilm-6": Encoder(ModelConfig.from_name("minilm-l6")),
+    }
+
+
+def seconds_per_step(model: torch.nn.Module, x: torch.Tensor, mask: torch.Tensor) -> float:
+    def steps() -> float:
+        start = time.perf_counter()
+        for _ in range(STEPS):
+            model.run_blocks(x, mask).sum().backward()
+        return (time.perf_counter() - start) / STEPS
+
+    steps()  # warm-up
+    return statistics.median(steps() for _ in range(RUNS))
+
+
+def main() -> None:
+    torch.manual_seed(0)
+    lengths = torch.randint(SHORTEST, LONGEST, (BATCH,))
+    lengths[0] = LONGEST
+    mask = (torch.arange(LONGEST)[None] < lengths[:, None]).long()
+    record = {
+        "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "hardware": hardware()["summary"],
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "torch": torch.__version__,
+        "batch": BATCH,
+        "pads": round(1 - mask.float().mean().item(), 3),
+    }
+    unpadded_of = Unpadded.of
+    for name, model in models().items():
+        x = torch.randn(BATCH, LONGEST, model.config.d_model, requires_grad=True)
+        times = {}
+        for mode in ("padded", "unpadded", "padded", "unpadded"):  # alternating: drift evens out
+            Unpadded.of = (lambda *a: None) if mode == "padded" else unpadded_of
+            times.setdefault(mode, []).append(seconds_per_step(model, x, mask))
+        Unpadded.of = unpadded_of
+        padded, unpadded = min(times["padded"]), min(times["unpadded"])
+        record[name] = {
+            "padded_s": round(padded, 4),
+            "unpadded_s": round(unpadded, 4),
+            "speedup": round(padded / unpadded, 2),
+        }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    with RESULTS.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+    print(json.dumps(record))
+
+
+if __name__ == "__main__":
+    main()
