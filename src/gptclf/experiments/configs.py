@@ -174,7 +174,8 @@ QUESTIONS["schedule"] = Question(
     "Can the recipe take fewer steps?",
     "Batches of 16 with the learning rate doubled (the linear scaling rule: the same step size "
     "per text), or 3 epochs instead of 5: half or three fifths of the recipe's optimizer steps, "
-    "and a faster main job, if cross-validation says they cost nothing.",
+    "and a faster main job, if cross-validation says they cost nothing; and the larger batch "
+    "with mean pooling (the pooling question's choice).",
     references=("smollm2",),
 )
 SPLIT_SEED = 123  # the book's split for every row and seed: seeds measure training noise only
@@ -539,6 +540,11 @@ EXPERIMENTS_LIST: list[Experiment] = [
     ),
     Experiment(
         "smollm2-epochs-3", "schedule", "3 epochs", _smollm2(epochs=3), cpu_minutes=3,
+    ),
+    Experiment(
+        "smollm2-pool-mean-batch16", "schedule", "mean pooling, batches of 16, lr 4e-4",
+        _smollm2(pool="mean", batch_size=16, lr=4e-4), cpu_minutes=4,
+        note="the pooling question's CV winner with the larger batch",
     ),
     # 15. Which layer the head reads: SmolLM2's first K blocks only (--layers)
     *(_depth(blocks) for blocks in (8, 12, 16, 20, 24)),
