@@ -7,7 +7,8 @@
 Exports RUN (default: the main job's SmolLM2-135M classifier) with `gptclf export --format onnx
 --int8`, then classifies the test split it was trained on, in one process, the same texts in
 batches of 32 sorted by length, tokenization included, with: gptclf predict in fp32, bf16
-(where the CPU has it natively) and int8 (torch dynamic quantization), and onnxruntime with
+(where the CPU has it natively) and int8 (`--precision int8`: per-channel weights, per-token
+activation scales), and onnxruntime with
 model.onnx and model_int8.onnx. Each repetition runs every system once, in turn, after a
 warm-up pass; a system's speed is its best repetition (the least disturbed by other work on
 the machine), its median beside it. Agreement is measured against gptclf fp32.
@@ -92,7 +93,7 @@ def systems(run: Path, threads: int) -> dict[str, Callable]:
     found = {"gptclf fp32": gptclf_classifier(run, "fp32")}
     if native_bf16("cpu"):
         found["gptclf bf16"] = gptclf_classifier(run, "bf16")
-    found["gptclf int8 (torch dynamic)"] = gptclf_classifier(run, "int8")
+    found["gptclf int8 (per-token)"] = gptclf_classifier(run, "int8")
     found["onnxruntime fp32"] = ort_classifier(WORK, "model.onnx", threads)
     found["onnxruntime int8 (dynamic)"] = ort_classifier(WORK, "model_int8.onnx", threads)
     return found
@@ -176,8 +177,12 @@ def section(path: Path = RESULTS) -> list[str]:
         "",
         f"Machine: {r['hardware']}; torch {r['torch']}, onnxruntime {r['onnxruntime']}, "
         f"{r['threads']} threads each. Load average before/after: "
-        f"{r['load_average_before'][0]:.1f} / {r['load_average_after'][0]:.1f} (other jobs shared "
-        "the 2 cores: compare rows of one run, not runs).",
+        f"{r['load_average_before'][0]:.1f} / {r['load_average_after'][0]:.1f}"
+        + (
+            " (other jobs shared the 2 cores: compare rows of one run, not runs)."
+            if r["load_average_before"][0] > 0.5
+            else " (nothing else running)."
+        ),
         "",
         f"| system | test acc | max abs Δp vs gptclf fp32 | labels differing | messages/s | vs {default} (default) |",
         "|---|---|---|---|---|---|",
