@@ -533,6 +533,17 @@ EXPERIMENTS_LIST: list[Experiment] = [
         method="ensemble", members=("smollm2",), pool_seeds=True, cpu_minutes=0,
         note="one result: the seeds' probabilities averaged (673M parameters for 5 seeds)",
     ),
+    Experiment(
+        "ens-minilm-tfidf-full-train", "ensemble", "MiniLM-L6 all layers + TF-IDF, every other "
+        "message trains", method="ensemble",
+        members=("minilm-all-full-train", "tfidf-logreg-full-train"), cpu_minutes=0,
+    ),
+    Experiment(
+        "ens-minilm-full-train-seeds", "ensemble", "MiniLM-L6 all layers, every other message "
+        "trains, every seed averaged", method="ensemble", members=("minilm-all-full-train",),
+        pool_seeds=True, cpu_minutes=0,
+        note="one result: the seeds' probabilities averaged (5 seeds: 113M parameters)",
+    ),
     # 14. Fewer optimizer steps: what the main job's speed could gain
     Experiment(
         "smollm2-batch16", "schedule", "batches of 16, lr 4e-4",
