@@ -53,6 +53,14 @@ def test_hidden_states_match_transformers(tiny_bert):
         ours = lm.model.hidden_states(input_ids, mask)
         theirs = hf(input_ids=input_ids, attention_mask=mask).last_hidden_state
         assert_close(ours, theirs)  # every position, pads included (same key-only mask)
+        # a batch large enough to run unpadded (`model.Unpadded`): the real positions match,
+        # the pads are left at zero
+        many_ids, many_mask = padded_batch(lm.tokenizer, TEXTS * 12 + ["a much longer text " * 3])
+        real = many_mask.bool()
+        ours = lm.model.hidden_states(many_ids, many_mask)
+        theirs = hf(input_ids=many_ids, attention_mask=many_mask).last_hidden_state
+        assert_close(ours[real], theirs[real])
+        assert not ours[~real].any()
         unpadded = lm.model(input_ids[:1, : int(mask[0].sum())])
         ref = hf(input_ids=input_ids[:1, : int(mask[0].sum())]).last_hidden_state
         assert_close(unpadded, ref)

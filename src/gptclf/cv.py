@@ -10,7 +10,7 @@ Texts that only train. `--split book_full` trains on the book's 1,045 training t
 1,194 train + validation texts. So those 1,194 are cross-validated, on the same folds as every
 other config of the bundled data (scores compare fold by fold), and the others join every fold's
 training split, never held out, minus any copy of a cross-validated text (it would be a held-out
-text in training).
+text in training; copies compared as `data.unseen_indices` does, whitespace and case normalised).
 
 Epoch selection. The recipes keep the epoch with the best validation accuracy. The held-out fold
 must not choose it (its score would then flatter the config), so each fold's k-1 training folds
@@ -52,7 +52,7 @@ import torch
 
 from gptclf import distributed, resume, train
 from gptclf.balance import undersample_indices
-from gptclf.data import LabeledTexts, stratified_indices
+from gptclf.data import LabeledTexts, normalized_text, stratified_indices
 from gptclf.errors import GptclfError
 from gptclf.fileio import read_json, write_json
 from gptclf.inference import autocast
@@ -142,9 +142,12 @@ def cv_pool(cfg: TrainConfig) -> tuple[LabeledTexts, float, int]:
     n = len(pool)
     if split != cfg.split:
         full_train = train.config_splits(no_balance)[0]  # the book's training texts, then more
-        seen = set(pool.texts)
+        # copies as `unseen_indices` counts them: whitespace runs and case normalised
+        seen = {normalized_text(t) for t in pool.texts}
         extra = [
-            i for i in range(len(train_split), len(full_train)) if full_train.texts[i] not in seen
+            i
+            for i in range(len(train_split), len(full_train))
+            if normalized_text(full_train.texts[i]) not in seen
         ]
         more = full_train.subset(extra)
         pool = LabeledTexts(pool.texts + more.texts, pool.labels + more.labels, pool.label_names)

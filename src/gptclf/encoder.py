@@ -206,7 +206,9 @@ class Encoder(nn.Module):
     def hidden_states(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Last-layer hidden states (B, T, d_model), BERT's `last_hidden_state`."""
+        """Last-layer hidden states (B, T, d_model), BERT's `last_hidden_state` at the real
+        positions; at pads, zeros where the batch ran unpadded (`run_blocks`), which nothing
+        reads (pad keys are masked, the pools skip pads)."""
         return self.run_blocks(self.embed(input_ids, attention_mask), attention_mask)
 
     def forward(
