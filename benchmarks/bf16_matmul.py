@@ -11,15 +11,13 @@ results file keeps every machine this was run on.
 
 from __future__ import annotations
 
-import datetime
-import json
 import platform
 import time
 from pathlib import Path
 
+import jsonl  # benchmarks/jsonl.py: this script's folder is on sys.path
 import torch
 
-from gptclf.experiments.runner import hardware
 from gptclf.inference import native_bf16
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,11 +47,8 @@ def gflops(device: str, dtype: torch.dtype) -> float:
 def main() -> None:
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     record = {
-        "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "hardware": hardware()["summary"],
+        **jsonl.machine(),
         "machine": platform.machine(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "torch": torch.__version__,
         "shape": [TOKENS, D_IN, D_OUT],
     }
     for device in devices:
@@ -64,10 +59,7 @@ def main() -> None:
             "bf16_speedup": round(bf16 / fp32, 2),
             "native_bf16": native_bf16(device),
         }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    with RESULTS.open("a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
-    print(json.dumps(record))
+    jsonl.append(RESULTS, record)
 
 
 if __name__ == "__main__":

@@ -12,17 +12,15 @@ position computed, as before), alternating, the best of two medians of 5 runs of
 
 from __future__ import annotations
 
-import datetime
-import json
 import statistics
 import time
 from pathlib import Path
 
+import jsonl  # benchmarks/jsonl.py: this script's folder is on sys.path
 import torch
 
 from gptclf.config import PRESETS, ModelConfig
 from gptclf.encoder import Encoder
-from gptclf.experiments.runner import hardware
 from gptclf.model import GPT, Unpadded
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,10 +53,7 @@ def main() -> None:
     lengths[0] = LONGEST
     mask = (torch.arange(LONGEST)[None] < lengths[:, None]).long()
     record = {
-        "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "hardware": hardware()["summary"],
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "torch": torch.__version__,
+        **jsonl.machine(),
         "batch": BATCH,
         "pads": round(1 - mask.float().mean().item(), 3),
     }
@@ -76,10 +71,7 @@ def main() -> None:
             "unpadded_s": round(unpadded, 4),
             "speedup": round(padded / unpadded, 2),
         }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    with RESULTS.open("a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
-    print(json.dumps(record))
+    jsonl.append(RESULTS, record)
 
 
 if __name__ == "__main__":
