@@ -75,7 +75,9 @@ class TokenInt8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.float().reshape(-1, self.in_features)  # (B*T, in)
-        scale = torch.linalg.vector_norm(rows, float("inf"), dim=1, keepdim=True)  # max |x|
+        # max |x| per row, as max(max x, -min x): the same values as vector_norm(inf), which
+        # took 10-40% of this layer's time (its reduction is ~15x slower than amax/amin here)
+        scale = torch.maximum(rows.amax(1, keepdim=True), rows.amin(1, keepdim=True).neg_())
         scale = scale.clamp_min_(torch.finfo(torch.float32).tiny)
         # Few passes over the activations (each op is a parallel region): rows/scale written
         # straight into the kernel's input, the anchor row after them.
