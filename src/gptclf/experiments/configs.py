@@ -121,7 +121,8 @@ QUESTIONS: dict[str, Question] = {
         "The book undersamples ham to the 747 spam messages before it splits, so 4,078 ham "
         "messages train nothing. `split=book_full` keeps the book's validation and test rows "
         "and trains on every other message (minus copies of held-out texts), with class-weighted "
-        "cross-entropy against the 9:1 imbalance.",
+        "cross-entropy against the 9:1 imbalance. Cross-validated on the same 1,194 texts and "
+        "folds as every row, the other messages joining every fold's training texts.",
         references=("smollm2", "minilm-mean"),
     ),
     "prompt": Question(
