@@ -6,22 +6,24 @@ One process, random weights (the shapes are what matters): a batch of 8 texts, l
 between 20 and 120 tokens (one at 120), forward and backward in fp32 through
 - `smollm2-2`: two SmolLM2-135M-shaped blocks (the recipe's trainable top, from the prefix cache);
 - `minilm-6`: all six blocks of MiniLM-L6 (the `minilm-all` rows train every layer).
-Each is timed with `Unpadded` on and with it turned off (`Unpadded.of` returning None: every
-position computed, as before), alternating, the best of two medians of 5 runs of 10 steps.
+Each is timed through `run_blocks` (unpadded) and with its blocks called on the padded (B, T)
+layout, every position computed, as `run_blocks` ran them before `Unpadded` (and as the tests'
+oracle does), alternating, the best of two medians of 5 runs of 10 steps.
 """
 
 from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import jsonl  # benchmarks/jsonl.py: this script's folder is on sys.path
 import torch
 
 from gptclf.config import PRESETS, ModelConfig
-from gptclf.encoder import Encoder
-from gptclf.model import GPT, Unpadded
+from gptclf.encoder import Encoder, padding_mask_to_bias
+from gptclf.model import GPT, attention_mask_to_bias, positions_from_mask
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "unpadded_step.jsonl"
@@ -36,11 +38,30 @@ def models() -> dict[str, torch.nn.Module]:
     }
 
 
-def seconds_per_step(model: torch.nn.Module, x: torch.Tensor, mask: torch.Tensor) -> float:
+def padded_blocks(model: torch.nn.Module, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Every block on the padded (B, T) layout: every position computed, pad keys masked."""
+    if isinstance(model, Encoder):
+        bias = padding_mask_to_bias(mask)
+        for block in model.h:
+            x = block(x, bias)
+        return x
+    bias = attention_mask_to_bias(mask, model.config.causal)
+    positions = positions_from_mask(mask)
+    for block in model.h:
+        x = block(x, bias, model.rope, positions)
+    return x
+
+
+def seconds_per_step(
+    blocks: Callable[..., torch.Tensor],
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    mask: torch.Tensor,
+) -> float:
     def steps() -> float:
         start = time.perf_counter()
         for _ in range(STEPS):
-            model.run_blocks(x, mask).sum().backward()
+            blocks(model, x, mask).sum().backward()
         return (time.perf_counter() - start) / STEPS
 
     steps()  # warm-up
@@ -57,14 +78,12 @@ def main() -> None:
         "batch": BATCH,
         "pads": round(1 - mask.float().mean().item(), 3),
     }
-    unpadded_of = Unpadded.of
+    ways = {"padded": padded_blocks, "unpadded": lambda model, x, mask: model.run_blocks(x, mask)}
     for name, model in models().items():
         x = torch.randn(BATCH, LONGEST, model.config.d_model, requires_grad=True)
         times = {}
         for mode in ("padded", "unpadded", "padded", "unpadded"):  # alternating: drift evens out
-            Unpadded.of = (lambda *a: None) if mode == "padded" else unpadded_of
-            times.setdefault(mode, []).append(seconds_per_step(model, x, mask))
-        Unpadded.of = unpadded_of
+            times.setdefault(mode, []).append(seconds_per_step(ways[mode], model, x, mask))
         padded, unpadded = min(times["padded"]), min(times["unpadded"])
         record[name] = {
             "padded_s": round(padded, 4),
