@@ -266,6 +266,16 @@ def test_target_section_chooses_by_cross_validation_not_by_test(ran, monkeypatch
     assert "Met." in "\n".join(report.target(list(rows.values())))
     said = " ".join(report.cv_choice(list(rows.values())))
     assert "Chosen by cross-validation (" in said and f"`{worse}`), 90.00%, ahead of" in said
+    # a tie on CV accuracy goes to the lower out-of-fold loss, whatever the test accuracy
+    rows[worse].cv = [{"pooled": {"accuracy": 0.9, "loss": 0.3}}]
+    rows[better].cv = [{"pooled": {"accuracy": 0.9, "loss": 0.2}}]
+    text = "\n".join(report.target(list(rows.values())))
+    assert f"Chosen: {table[better].label} (`{better}`" in text
+    assert (
+        f"Tied on CV accuracy with `{worse}`, lower in out-of-fold loss: 0.2000 vs 0.3000" in text
+    )
+    said = " ".join(report.cv_choice(list(rows.values())))
+    assert f"`{better}`), 90.00%, tied with" in said and "lower in out-of-fold loss" in said
 
 
 def json_records(results, name):

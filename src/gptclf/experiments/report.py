@@ -86,6 +86,13 @@ class Row:
         """Pooled out-of-fold accuracy (%), mean over its CV seeds: what rows are chosen by."""
         return statistics.fmean(100 * r["pooled"]["accuracy"] for r in self.cv) if self.cv else None
 
+    @property
+    def cv_rank(self) -> tuple[float, float]:
+        """How rows are ordered by cross-validation: the higher `cv_acc` first, ties (to 1e-9)
+        to the lower pooled out-of-fold loss (mean over CV seeds), as validation ties go."""
+        loss = statistics.fmean(r["pooled"].get("loss", float("inf")) for r in self.cv)
+        return -round(self.cv_acc, 9), loss
+
     def cv_cell(self) -> str:
         if not self.cv:
             return "—"
@@ -267,8 +274,8 @@ def answer(rows: list[Row], baseline: Row | None) -> list[str]:
 
 CV_RULE = (
     "the highest pooled out-of-fold accuracy of stratified 5-fold cross-validation over the "
-    "1,194 train + validation texts (mean over CV seeds; every row on the same folds), the "
-    "test split unread"
+    "1,194 train + validation texts (mean over CV seeds; every row on the same folds; ties "
+    "broken by the lower pooled out-of-fold loss), the test split unread"
 )
 
 
@@ -278,9 +285,16 @@ def cv_able(exp: Experiment) -> bool:
     return exp.method in ("fit", "tfidf", "ensemble") and why_not_run(exp) is None
 
 
+def tie_break(best: Row, second: Row) -> str:
+    """', lower in out-of-fold loss (a vs b)' where the two rows' CV accuracy is the same."""
+    if best.cv_rank[0] != second.cv_rank[0]:
+        return ""
+    return f", lower in out-of-fold loss: {best.cv_rank[1]:.4f} vs {second.cv_rank[1]:.4f}"
+
+
 def cv_choice(rows: list[Row]) -> list[str]:
     """Each question's winner, chosen by cross-validation only; its test accuracy after."""
-    scored = sorted((r for r in rows if r.cv), key=lambda r: -r.cv_acc)
+    scored = sorted((r for r in rows if r.cv), key=lambda r: r.cv_rank)
     names = " ".join(r.exp.name for r in rows if not r.cv and not r.reference and cv_able(r.exp))
     if len(scored) < 2:
         return [
@@ -294,7 +308,8 @@ def cv_choice(rows: list[Row]) -> list[str]:
     out = [
         f"Chosen by cross-validation ({CV_RULE}): {best.exp.label} (`{best.exp.name}`), "
         f"{best.cv_cell()}%, {'tied with' if tie else 'ahead of'} {second.exp.label} "
-        f"({second.cv_cell()}%); its test accuracy, read after choosing: {test}."
+        f"({second.cv_cell()}%{tie_break(best, second)}); its test accuracy, read after "
+        f"choosing: {test}."
     ]
     if names:
         out.append(f"Without a CV score, not candidates: {', '.join(names.split())}.")
@@ -632,11 +647,17 @@ def target(rows: list[Row]) -> list[str]:
         "",
     ]
     small = [r for r in rows if r.n and r.records[0]["total_params"] <= TARGET_PARAMS]
-    candidates = sorted((r for r in small if r.cv), key=lambda r: -r.cv_acc)
+    candidates = sorted((r for r in small if r.cv), key=lambda r: r.cv_rank)
     if not candidates:
         lines.append("No small row has a cross-validation score yet: nothing is chosen.")
     else:
         lines += target_verdict(candidates[0])
+        if len(candidates) > 1 and tie_break(candidates[0], candidates[1]):
+            lines[-1] = lines[-1].replace(
+                " The candidates,",
+                f" Tied on CV accuracy with `{candidates[1].exp.name}`"
+                f"{tie_break(candidates[0], candidates[1])}. The candidates,",
+            )
         lines += [
             "",
             "| row | parameters | CV acc % | CV seeds | test acc % | best seed % | seeds |",
