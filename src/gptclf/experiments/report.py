@@ -651,13 +651,7 @@ def target(rows: list[Row]) -> list[str]:
     if not candidates:
         lines.append("No small row has a cross-validation score yet: nothing is chosen.")
     else:
-        lines += target_verdict(candidates[0])
-        if len(candidates) > 1 and tie_break(candidates[0], candidates[1]):
-            lines[-1] = lines[-1].replace(
-                " The candidates,",
-                f" Tied on CV accuracy with `{candidates[1].exp.name}`"
-                f"{tie_break(candidates[0], candidates[1])}. The candidates,",
-            )
+        lines += target_verdict(*candidates[:2])
         lines += [
             "",
             "| row | parameters | CV acc % | CV seeds | test acc % | best seed % | seeds |",
@@ -674,8 +668,9 @@ def target(rows: list[Row]) -> list[str]:
     return lines + hard_texts(leading)
 
 
-def target_verdict(chosen: Row) -> list[str]:
-    """Met or not, and by how much, for the row cross-validation chose."""
+def target_verdict(chosen: Row, runner_up: Row | None = None) -> list[str]:
+    """Met or not, and by how much, for the row cross-validation chose (and how a tie with the
+    runner-up was broken)."""
     top = max(100 * r["test_accuracy"] for r in chosen.records)
     short = [
         f"{TARGET_SEEDS - chosen.n} more seeds" if chosen.n < TARGET_SEEDS else "",
@@ -684,12 +679,15 @@ def target_verdict(chosen: Row) -> list[str]:
     ]
     short = [s for s in short if s]
     verdict = "Met." if not short else "Not met: short by " + ", ".join(short) + "."
+    broken = tie_break(chosen, runner_up) if runner_up is not None else ""
+    tied = f"Tied on CV accuracy with `{runner_up.exp.name}`{broken}. " if broken else ""
     return [
         f"Chosen: {chosen.exp.label} (`{chosen.exp.name}`, "
         f"{fmt_params(chosen.records[0]['total_params'])} parameters), cross-validated at "
         f"{chosen.cv_cell()}%. Its test accuracy, read once: {fmt_pm(chosen.acc, chosen.acc_std)}% "
         f"over {chosen.n} seed{'s' if chosen.n > 1 else ''}, {top:.2f}% on the best. {verdict} "
-        "The candidates, by cross-validation:"
+        + tied
+        + "The candidates, by cross-validation:"
     ]
 
 
