@@ -304,7 +304,7 @@ def cv_choice(rows: list[Row]) -> list[str]:
         ]
     best, second = scored[0], scored[1]
     test = f"{fmt_pm(best.acc, best.acc_std)}% over {best.n} seeds" if best.n else "not run yet"
-    tie = abs(best.cv_acc - second.cv_acc) < 0.005
+    tie = best.cv_rank[0] == second.cv_rank[0]  # the rule's tie: the same accuracy to 1e-9
     out = [
         f"Chosen by cross-validation ({CV_RULE}): {best.exp.label} (`{best.exp.name}`), "
         f"{best.cv_cell()}%, {'tied with' if tie else 'ahead of'} {second.exp.label} "
