@@ -22,6 +22,7 @@ from gguf import TokenType
 from gptclf.errors import GptclfError
 from gptclf.model import GPT
 from gptclf.weights.gguf import load_gguf, read_tensor, tokenizer_from_gguf, unpermute_rope_rows
+from gptclf.weights.gguf_file import GGUFFile
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 USER_DEFINED = "<think>"
@@ -315,7 +316,7 @@ def test_dequantize_matches_transformers_kernels(tmp_path, qtype):
     w = gguf.GGUFWriter(tmp_path / "t.gguf", "llama")
     w.add_tensor("blk.0.ffn_up.weight", packed, raw_dtype=qtype)
     _finish(w)
-    (tensor,) = gguf.GGUFReader(tmp_path / "t.gguf").tensors
+    (tensor,) = GGUFFile(tmp_path / "t.gguf").tensors
     got = read_tensor(tensor)
     expected = dequantize(torch.from_numpy(packed.copy()).reshape(-1), int(qtype))
     expected = expected.reshape(rows, cols)
@@ -430,10 +431,41 @@ def test_unsupported_pre_tokenizer(tmp_path):
 
 
 def test_unsupported_tokenizer_model(tiny_files):
-    reader = gguf.GGUFReader(tiny_files / "smollm.gguf", "c")  # copy-on-write: edit in memory
-    reader.fields["tokenizer.ggml.model"].parts[-1][:] = np.frombuffer(b"bert", dtype=np.uint8)
+    reader = GGUFFile(tiny_files / "smollm.gguf")
+    reader.fields["tokenizer.ggml.model"] = "bert"  # edited in memory
     with pytest.raises(GptclfError, match="'bert'"):
-        tokenizer_from_gguf(reader, reader.fields["tokenizer.ggml.tokens"].contents())
+        tokenizer_from_gguf(reader, reader.fields["tokenizer.ggml.tokens"])
+
+
+@pytest.mark.parametrize("qtype", [Q.F32, Q.F16, Q.Q8_0, Q.Q4_1])
+def test_reader_matches_gguf_package(tmp_path, qtype):
+    """Our container reader against gguf's GGUFReader (an independent parser of the same file):
+    every metadata value, and every tensor's name, type, shape and bytes."""
+    path = tmp_path / "t.gguf"
+    write_tiny_llama(path, qtype=qtype)
+    theirs, ours = gguf.GGUFReader(path), GGUFFile(path)
+    assert list(ours.fields) == [k for k in theirs.fields if not k.startswith("GGUF.")]
+    for key, value in ours.fields.items():
+        assert value == theirs.fields[key].contents(), key
+    assert len(ours.tensors) == len(theirs.tensors)
+    for a, b in zip(ours.tensors, theirs.tensors, strict=True):
+        assert (a.name, a.tensor_type, a.shape) == (b.name, b.tensor_type, tuple(b.shape.tolist()))
+        assert a.data.dtype == b.data.dtype and np.array_equal(a.data, b.data), a.name
+
+
+def test_malformed_containers(tiny_files, tmp_path):
+    """Bytes that parse as a GGUF header but lie: one line naming the file, never a traceback."""
+    data = bytearray((tiny_files / "smollm.gguf").read_bytes())
+    big_endian = data[:4] + (3).to_bytes(4, "big") + data[8:]
+    huge_count = data[:8] + (2**40).to_bytes(8, "little") + data[16:]
+    for name, content, says in [
+        ("big-endian", big_endian, "big-endian"),
+        ("version", data[:4] + (9).to_bytes(4, "little") + data[8:], "version 9"),
+        ("counts", huge_count, ""),  # fails wherever the garbage after the table first lies
+    ]:
+        (tmp_path / name).write_bytes(bytes(content))
+        with pytest.raises(GptclfError, match=f"truncated or not a GGUF file.*{says}"):
+            load_gguf(tmp_path / name)
 
 
 def test_missing_truncated_and_foreign_files(tiny_files, tmp_path):

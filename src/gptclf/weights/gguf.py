@@ -6,7 +6,8 @@ format quirk is handled in one named place:
 
 - metadata -> config: `CONFIG_KEYS` plus the fixed switches of each architecture in `ARCHITECTURES`;
 - tensor names -> our keys: `ARCHITECTURES[arch].tensors`; q/k/v and gate/up are fused row-wise;
-- quantized blocks and GGUF's reversed dimension order: `read_tensor`;
+- the container (header, metadata, tensor table), quantized blocks and GGUF's reversed
+  dimension order: `gguf_file.py`;
 - llama.cpp's Q/K row permutation for its RoPE kernel: `unpermute_rope_rows`;
 - byte-level BPE from `tokenizer.ggml.*`, pre-tokenizer by `tokenizer.ggml.pre`: `PRE_TOKENIZERS`.
 
@@ -29,14 +30,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from gguf import GGUFReader, ReaderTensor, TokenType
-from gguf.quants import dequantize
+from gguf import TokenType
 from tokenizers import AddedToken, pre_tokenizers
 
 from gptclf.config import ModelConfig
 from gptclf.errors import GptclfError
 from gptclf.tokenizer import Tokenizer, byte_level_bpe
 from gptclf.weights.depth import first_blocks, unused_block
+from gptclf.weights.gguf_file import GGUFFile, Tensor, dequantize
 
 logger = logging.getLogger(__name__)
 
@@ -172,7 +173,7 @@ def load_gguf_tokenizer(path: Path) -> Tokenizer:
         raise GptclfError(f"{path}: {exc}") from None
 
 
-def _config(reader: GGUFReader, name: str, overrides: dict[str, Any]) -> ModelConfig:
+def _config(reader: GGUFFile, name: str, overrides: dict[str, Any]) -> ModelConfig:
     """The model config of the file's metadata, with `overrides`."""
     arch_name = _architecture(reader)
     tokens = _meta(reader, "tokenizer.ggml.tokens")
@@ -183,7 +184,7 @@ def _config(reader: GGUFReader, name: str, overrides: dict[str, Any]) -> ModelCo
     return ModelConfig.from_dict({**config.to_dict(), **overrides})
 
 
-def _weights(reader: GGUFReader, config: ModelConfig, depth: int) -> dict[str, torch.Tensor]:
+def _weights(reader: GGUFFile, config: ModelConfig, depth: int) -> dict[str, torch.Tensor]:
     """Our state dict of `config`'s blocks: the file's blocks from `config.n_layer` up to its
     `depth` (cut off by --layers) are skipped before they are dequantized."""
     tensors = {
@@ -194,7 +195,7 @@ def _weights(reader: GGUFReader, config: ModelConfig, depth: int) -> dict[str, t
     return convert_gguf_tensors(tensors, ARCHITECTURES[_architecture(reader)], config)
 
 
-def _architecture(reader: GGUFReader) -> str:
+def _architecture(reader: GGUFFile) -> str:
     arch_name = _meta(reader, "general.architecture")
     if arch_name not in ARCHITECTURES:
         raise GptclfError(
@@ -204,27 +205,21 @@ def _architecture(reader: GGUFReader) -> str:
     return arch_name
 
 
-def open_gguf(path: Path) -> GGUFReader:
+def open_gguf(path: Path) -> GGUFFile:
     if not path.is_file():
         raise GptclfError(f"missing GGUF file {path}")
     try:
-        return GGUFReader(path)
-    except Exception as exc:  # GGUFReader raises ValueError, IndexError, KeyError, ... on bad bytes
+        return GGUFFile(path)
+    except Exception as exc:  # ValueError, UnicodeDecodeError, ... on bad bytes
         raise GptclfError(f"cannot read {path} (truncated or not a GGUF file): {exc}") from None
 
 
-def _meta(reader: GGUFReader, key: str) -> Any:
+def _meta(reader: GGUFFile, key: str) -> Any:
     """The value of metadata `key` (a list for arrays), or None when absent."""
-    field = reader.fields.get(key)
-    if field is None:
-        return None
-    try:
-        return field.contents()
-    except (UnicodeDecodeError, ValueError, IndexError) as exc:
-        raise GptclfError(f"GGUF metadata {key} is unreadable: {exc}") from None
+    return reader.fields.get(key)
 
 
-def _is_tied(tensors: dict[str, ReaderTensor]) -> bool:
+def _is_tied(tensors: dict[str, Tensor]) -> bool:
     """llama.cpp omits `output.weight` for a tied head, except its GPT-2 converter, which writes the
     shared matrix twice (`GPT2Model.modify_tensors`): a byte-identical copy also counts as tied."""
     head, embedding = tensors.get("output.weight"), tensors.get("token_embd.weight")
@@ -238,7 +233,7 @@ def _is_tied(tensors: dict[str, ReaderTensor]) -> bool:
 
 
 def config_from_gguf(
-    reader: GGUFReader, arch: str, vocab_size: int, tied: bool, name: str
+    reader: GGUFFile, arch: str, vocab_size: int, tied: bool, name: str
 ) -> ModelConfig:
     """ModelConfig from the metadata table `CONFIG_KEYS` and the switches of `arch`."""
     fields: dict[str, Any] = {}
@@ -274,23 +269,19 @@ def config_from_gguf(
     return config
 
 
-def read_tensor(tensor: ReaderTensor) -> torch.Tensor:
+def read_tensor(tensor: Tensor) -> torch.Tensor:
     """A GGUF tensor as float32 in torch's dimension order.
 
     GGUF lists dimensions fastest-first (ggml's ne[0] is the row length), so the torch shape is the
     reverse: a linear weight stored with ne = [in, out] becomes (out, in), as `nn.Linear` wants.
     """
     try:
-        values = dequantize(tensor.data, tensor.tensor_type)
+        return dequantize(tensor)
     except NotImplementedError:
         raise GptclfError(
             f"tensor {tensor.name}: GGUF type {tensor.tensor_type.name} cannot be dequantized "
             "(not supported by the installed gguf package)"
         ) from None
-    if not values.flags.writeable:  # F32 is a view of the read-only file mapping
-        values = values.copy()
-    shape = tuple(int(d) for d in reversed(tensor.shape.tolist()))
-    return torch.from_numpy(values).reshape(shape)
 
 
 def unpermute_rope_rows(weight: torch.Tensor, n_head: int) -> torch.Tensor:
@@ -346,7 +337,7 @@ def convert_gguf_tensors(
     return state
 
 
-def tokenizer_from_gguf(reader: GGUFReader, tokens: list[str]) -> Tokenizer:
+def tokenizer_from_gguf(reader: GGUFFile, tokens: list[str]) -> Tokenizer:
     """Byte-level BPE from `tokenizer.ggml.*`: control tokens become special tokens, user-defined
     ones plain added tokens; pad = `padding_token_id`, else eos. BOS is never added."""
     model = _meta(reader, "tokenizer.ggml.model")
