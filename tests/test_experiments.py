@@ -704,6 +704,12 @@ def test_cv_rows_score_rows_and_ensembles_on_the_same_folds(small_split, tmp_pat
     again = cv_rows.run_cv(["tiny-last"], [1], 2, tmp_path, table)
     assert again[0].status == "cached"
     assert cv_rows.load_cv_results(tmp_path, table, folds=3) == {}  # other folds: not these
+    # A record made on other texts, labels or folds than the row's now is not taken for it.
+    path = cv_rows.cv_path(tmp_path, "tiny-last", 1)
+    record = json.loads(path.read_text())
+    assert cv_rows.load_cv_result(path, table["tiny-last"], 1, 2) == record
+    path.write_text(json.dumps({**record, "data_hash": "0" * 32}))
+    assert cv_rows.load_cv_result(path, table["tiny-last"], 1, 2) is None
 
 
 def test_experiments_run_cv_flag_checks_folds(capsys):

@@ -7,7 +7,8 @@ The folds are the same for every row and seed (`cv.stratified_folds` seeded with
 split seed, over the book split's 1,194 train + validation texts), so rows compare fold by fold
 and an ensemble row's score is the average of its members' out-of-fold probabilities, computed
 when the results are loaded (nothing trains). A result counts only if it is complete and was made
-with the row's current settings and the same number of folds; otherwise it is rerun.
+with the row's current settings, the same number of folds and (records since 2026-12-04, which
+hold `data_hash`) the same texts, labels and folds; otherwise it is rerun.
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ def run_cv_one(exp: Experiment, seed: int, folds: int, cache_dir: Path | None) -
         "overrides": _normalized(exp.overrides),
         "folds": folds,
         "texts": done["texts"],
+        "data_hash": done["data_hash"],  # the texts, labels and folds (`cv.data_hash`)
         "labels": done["labels"],
         "mean": done["mean"],
         "std": done["std"],
@@ -110,7 +112,23 @@ def load_cv_result(
     if _settings_of(record, exp) != _normalized(exp.overrides):
         log.warning("%s: made with other settings than %s has now; rerun it", path, exp.name)
         return None
+    # Records from before 2026-12-04 do not hold it: they are taken as made.
+    if "data_hash" in record and record["data_hash"] != current_data_hash(exp, seed, folds):
+        log.warning(
+            "%s: made on other texts, labels or folds than %s has now; rerun it", path, exp.name
+        )
+        return None
     return record
+
+
+def current_data_hash(exp: Experiment, seed: int, folds: int) -> str:
+    """`cv.data_hash` of what the row would cross-validate now (reads its data: milliseconds)."""
+    from gptclf import cv
+
+    cfg = exp.train_config(seed)
+    pool, _share, n = cv.cv_pool(cfg)
+    split_seed = cfg.split_seed if cfg.split_seed is not None else cfg.seed  # as cross_validate
+    return cv.data_hash(pool, cv.assign_folds(pool, n, folds, split_seed))
 
 
 def run_cv(
